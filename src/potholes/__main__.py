@@ -1,0 +1,3 @@
+from potholes.cli import main
+
+main()

@@ -1,0 +1,33 @@
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_conda_yaml_mirrors_the_pinned_dependencies():
+    pins = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    conda = yaml.safe_load((REPO / "conda.yaml").read_text())
+    python = [d for d in conda["dependencies"] if isinstance(d, str) and d.startswith("python")]
+    pip_section = next(d["pip"] for d in conda["dependencies"] if isinstance(d, dict))
+    assert python == ["python=3.11"]
+    assert sorted(pip_section) == sorted(pins)
+    assert all("==" in pin for pin in pins), "every runtime dependency is pinned exactly"
+
+
+def test_mlproject_entry_points_call_the_cli():
+    project = yaml.safe_load((REPO / "MLproject").read_text())
+    assert project["name"] == "potholes" and project["conda_env"] == "conda.yaml"
+    for name, entry in project["entry_points"].items():
+        assert "python -m potholes" in entry["command"], name
+        assert entry["parameters"]["data_dir"]["default"] == "data", name
+
+
+def test_cli_help_and_module_entry():
+    out = subprocess.run([sys.executable, "-m", "potholes", "--help"], capture_output=True, text=True, check=True)
+    assert "prepare" in out.stdout and "synth" in out.stdout
+    out = subprocess.run([sys.executable, "-m", "potholes", "prepare", "--help"], capture_output=True, text=True, check=True)
+    assert "--data-dir" in out.stdout and "--val-fraction" in out.stdout
