@@ -1,3 +1,4 @@
 from potholes.cli import main
 
-main()
+if __name__ == "__main__":  # guard: spawned DataLoader workers re-import this module
+    main()

@@ -41,15 +41,17 @@ def configure(experiment_name: str | None = None, project_root: str | Path = "."
 
 
 @contextlib.contextmanager
-def stage_run(stage: str, run_name: str | None = None, tags: dict | None = None):
-    """Start (or join, or nest) the MLflow run of one pipeline stage.
+def stage_run(stage: str, run_name: str | None = None, tags: dict | None = None, run_id: str | None = None,
+              log_system_metrics: bool | None = None):
+    """Start (or join, nest, or with ``run_id`` reopen) the MLflow run of one pipeline stage.
 
     A KeyboardInterrupt ends the run as KILLED, any other exception as FAILED, so an
     interrupted training shows its true state in the UI and keeps its logged artifacts.
     """
     tags = {"potholes.stage": stage, **(tags or {})}
     nested = mlflow.active_run() is not None
-    run = mlflow.start_run(run_name=run_name, nested=nested, tags=tags)
+    run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, nested=nested, tags=tags,
+                           log_system_metrics=log_system_metrics)
     try:
         yield run
     except KeyboardInterrupt:

@@ -1,0 +1,62 @@
+"""The seed's augmentations, ported to albumentations 2.0.8 argument names.
+
+albumentations 2.x silently ignores the 1.x names the seed used, so each is translated:
+``Affine(mode=)`` -> ``border_mode=``, ``RandomShadow(num_shadows_lower/upper)`` ->
+``num_shadows_limit``, ``GaussNoise(var_limit=(4, 15))`` (pixel variance) -> ``std_range`` as a
+fraction of 255: sqrt(4)/255 ~= 0.0078 to sqrt(15)/255 ~= 0.0152.
+
+Images are resized once when the dataset is cached, so these pipelines work at model size.
+"""
+
+from __future__ import annotations
+
+import math
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+
+GAUSS_NOISE_STD_RANGE = (math.sqrt(4) / 255, math.sqrt(15) / 255)
+
+
+def train_transform() -> A.Compose:
+    return A.Compose([
+        A.HorizontalFlip(p=0.5),
+        A.Affine(scale=(0.97, 1.05), translate_percent=(0.0, 0.03), rotate=(-2.0, 2.0), shear=(-1.5, 1.5),
+                 interpolation=cv2.INTER_LINEAR, border_mode=cv2.BORDER_REFLECT_101, p=0.4),
+        A.OneOf([
+            A.GridDistortion(num_steps=5, distort_limit=0.02, border_mode=cv2.BORDER_REFLECT_101),
+            A.ElasticTransform(alpha=8, sigma=12, border_mode=cv2.BORDER_REFLECT_101),
+        ], p=0.12),
+        A.RandomBrightnessContrast(brightness_limit=0.18, contrast_limit=0.18, p=0.65),
+        A.HueSaturationValue(hue_shift_limit=5, sat_shift_limit=10, val_shift_limit=5, p=0.3),
+        A.RandomShadow(shadow_roi=(0, 0.45, 1, 1), num_shadows_limit=(1, 2), shadow_dimension=4, p=0.22),
+        A.OneOf([
+            A.GaussianBlur(blur_limit=(3, 3)),
+            A.GaussNoise(std_range=GAUSS_NOISE_STD_RANGE),
+        ], p=0.15),
+    ], seed=None)
+
+
+def resize_pair(image: np.ndarray, mask: np.ndarray | None, size: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Model-size copies: linear for the image, nearest for the mask (stays binary)."""
+    image = cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
+    if mask is not None:
+        mask = cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
+    return image, mask
+
+
+def to_tensor(image: np.ndarray, mean, std) -> torch.Tensor:
+    """HWC uint8 RGB -> normalised CHW float32."""
+    x = image.astype(np.float32) / 255.0
+    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+
+
+def normalize_batch(images: np.ndarray, mean, std) -> torch.Tensor:
+    """NHWC uint8 -> normalised NCHW float32, vectorised over the batch."""
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    return x.sub_(mean_t).div_(std_t)

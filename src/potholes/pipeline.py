@@ -1,0 +1,61 @@
+"""`main`: prepare -> train unetpp -> train deeplab -> tune -> predict, as one parent run whose
+stages are nested child runs (in-process, so no environment is rebuilt between stages)."""
+
+from __future__ import annotations
+
+import time
+
+import mlflow
+
+from potholes import tracking
+from potholes.config import resolve_config
+from potholes.predict import PredictConfig, run_predict
+from potholes.prepare import SplitConfig, run_prepare
+from potholes.train import run_train
+from potholes.tune import TuneConfig, run_tune
+
+
+def run_main(data_dir: str, preset: str = "auto", n_trials: int = 40, output: str = "submission.csv",
+             registered_model: str = "pothole-ensemble", progress: bool = True) -> dict:
+    # Resolve (and so validate) everything before the parent run exists.
+    configs = {model: resolve_config(model, preset) for model in ("unetpp", "deeplab")}
+    tune_config = TuneConfig(n_trials=n_trials, registered_model=registered_model)
+    tune_config.validate()
+    split = SplitConfig(configs["unetpp"].val_fraction, configs["unetpp"].split_seed)
+
+    seconds: dict[str, float] = {}
+    results: dict = {}
+
+    def timed(stage: str, fn, *args, **kwargs):
+        start = time.perf_counter()
+        out = fn(*args, **kwargs)
+        seconds[f"{stage}_seconds"] = time.perf_counter() - start
+        print(f"[main] {stage} done in {seconds[f'{stage}_seconds']:.0f}s", flush=True)
+        return out
+
+    with tracking.stage_run("main", run_name="main") as parent:
+        mlflow.log_params({"data_dir": data_dir, "preset": preset, "resolved_preset": configs["unetpp"].preset,
+                           "n_trials": n_trials, "output": output})
+        results["prepare"] = timed("prepare", run_prepare, data_dir, split, progress=progress)
+        for model, config in configs.items():
+            results[model] = timed(f"train_{model}", run_train, config, data_dir, progress=progress)
+        tune_config = TuneConfig(n_trials=n_trials, registered_model=registered_model,
+                                 unetpp_run=results["unetpp"]["run_id"], deeplab_run=results["deeplab"]["run_id"])
+        results["tune"] = timed("tune", run_tune, data_dir, tune_config, progress=progress)
+        # This pipeline's own version, whatever alias it earned.
+        uri = f"models:/{registered_model}/{results['tune']['version']}"
+        results["predict"] = timed("predict", run_predict, data_dir, PredictConfig(model_uri=uri, output=output),
+                                   progress=progress)
+        metrics = {**seconds, "total_seconds": sum(seconds.values()),
+                   "unetpp_val_dice": results["unetpp"]["best_val_dice"],
+                   "deeplab_val_dice": results["deeplab"]["best_val_dice"],
+                   "tuned_val_dice": results["tune"]["best_val_dice"]}
+        if "test_dice" in results["predict"]:
+            metrics["test_dice"] = results["predict"]["test_dice"]
+        mlflow.log_metrics(metrics)
+        tracking.log_json({"seconds": seconds, **{k: v for k, v in metrics.items() if not k.endswith("seconds")}},
+                          "pipeline_summary.json")
+        results["metrics"] = metrics
+        results["run_id"] = parent.info.run_id
+    print("[main] " + ", ".join(f"{k}={v:.4f}" if "dice" in k else f"{k}={v:.0f}" for k, v in metrics.items()))
+    return results

@@ -1,0 +1,150 @@
+"""`predict`: the registered ensemble over the test images, written as an RLE submission."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from potholes import postprocess as pp
+from potholes.data import DatasetError, DatasetLayout, find_dataset, list_images, read_image, read_mask
+
+DEFAULT_MODEL_URI = "models:/pothole-ensemble@champion"
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    model_uri: str = DEFAULT_MODEL_URI
+    output: str = "submission.csv"
+    batch_size: int = 8
+
+
+def submission_order(layout: DatasetLayout) -> list[tuple[str, Path]]:
+    """(ImageId, file) in sample_submission order; every problem is reported before any work."""
+    if layout.test_images is None:
+        raise DatasetError(f"no test/images folder under '{layout.root}'")
+    if layout.sample_submission is None:
+        raise DatasetError(f"no sample_submission.csv in '{layout.root}' (it fixes the row order)")
+    sample = pd.read_csv(layout.sample_submission, dtype=str, keep_default_na=False)
+    if "ImageId" not in sample.columns:
+        raise DatasetError(f"'{layout.sample_submission}' has no 'ImageId' column (columns: {list(sample.columns)})")
+    files = {p.name: p for p in list_images(layout.test_images)}
+    ids = sample["ImageId"].tolist()
+    problems = []
+    duplicated = sorted(set(i for i in ids if ids.count(i) > 1))
+    if duplicated:
+        problems.append(f"sample_submission.csv lists these ImageIds more than once: {duplicated}")
+    missing = [i for i in ids if i not in files]
+    if missing:
+        problems.append(f"ImageIds in sample_submission.csv with no file in test/images: {missing}")
+    extra = sorted(set(files) - set(ids))
+    if extra:
+        problems.append(f"test images not listed in sample_submission.csv: {extra}")
+    if problems:
+        raise DatasetError(problems, layout.root)
+    return [(image_id, files[image_id]) for image_id in ids]
+
+
+def write_csv_atomically(frame: pd.DataFrame, output: Path) -> Path:
+    """Write to a temporary file beside ``output`` and rename it: no half-written submission."""
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as handle:
+            frame.to_csv(handle, index=False)
+        os.replace(tmp, output)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return output
+
+
+def predict_submission(predictor, order: list[tuple[str, Path]], batch_size: int = 8, progress: bool = True):
+    """Masks and RLE rows for every test image, in order; images are read batch by batch."""
+    from tqdm.auto import tqdm
+
+    rows, masks = [], {}
+    for start in tqdm(range(0, len(order), batch_size), desc="predict", disable=not progress):
+        chunk = order[start:start + batch_size]
+        predicted = predictor.predict_masks([read_image(path) for _, path in chunk])
+        for (image_id, _), mask in zip(chunk, predicted):
+            rows.append({"ImageId": image_id, "rle": pp.rle_encode(mask)})
+            masks[image_id] = mask
+    return pd.DataFrame(rows, columns=["ImageId", "rle"]), masks
+
+
+def score_against_masks(layout: DatasetLayout, order, masks: dict[str, np.ndarray]) -> pd.DataFrame | None:
+    """Per-image Dice and IoU when test masks exist (``test/mask``), else None."""
+    from potholes.data import file_number
+
+    if layout.test_masks is None:
+        return None
+    truth_files = {file_number(p): p for p in list_images(layout.test_masks)}
+    records = []
+    for image_id, path in order:
+        truth_path = truth_files.get(file_number(path))
+        if truth_path is None:
+            continue
+        truth = read_mask(truth_path)
+        pred = masks[image_id]
+        records.append({"ImageId": image_id, "dice": pp.dice_score(pred, truth), "iou": pp.iou_score(pred, truth),
+                        "true_pixels": int(truth.sum()), "predicted_pixels": int(pred.sum())})
+    return pd.DataFrame(records) if records else None
+
+
+def worst_overlays(layout: DatasetLayout, order, masks, scores: pd.DataFrame, count: int = 8):
+    from potholes import plots
+    from potholes.data import file_number
+
+    paths = dict(order)
+    truth_files = {file_number(p): p for p in list_images(layout.test_masks)}
+    panels = []
+    for row in scores.nsmallest(count, "dice").itertuples():
+        image = read_image(paths[row.ImageId])
+        truth = read_mask(truth_files[file_number(paths[row.ImageId])])
+        panels.append((f"{row.ImageId} truth", plots.overlay(image, truth, color=(0, 255, 0))))
+        panels.append((f"dice {row.dice:.2f} prediction", plots.overlay(image, masks[row.ImageId])))
+    return plots.overlay_grid(panels, columns=4)
+
+
+def run_predict(data_dir: str, config: PredictConfig = PredictConfig(), progress: bool = True) -> dict:
+    import mlflow
+
+    from potholes import tracking
+
+    layout = find_dataset(data_dir)
+    order = submission_order(layout)  # all id problems surface before the model loads
+    try:
+        model = mlflow.pyfunc.load_model(config.model_uri)
+    except Exception as exc:
+        raise ValueError(f"model_uri '{config.model_uri}' cannot be loaded ({exc}); run the tune entry point "
+                         "first, or pass a registered version such as models:/pothole-ensemble/1") from exc
+    predictor = model.unwrap_python_model().predictor
+    predictor.batch_size = config.batch_size
+
+    with tracking.stage_run("predict", run_name="predict"):
+        mlflow.log_params({"model_uri": config.model_uri, "data_dir": data_dir, "output": config.output,
+                           "batch_size": config.batch_size, "num_images": len(order),
+                           **{f"ensemble_{k}": v for k, v in vars(predictor.config).items() if k != "members"}})
+        submission, masks = predict_submission(predictor, order, config.batch_size, progress)
+        output = write_csv_atomically(submission, Path(config.output))
+        mlflow.log_artifact(str(output))
+        result = {"output": str(output), "rows": len(submission), "empty": int((submission["rle"] == "").sum())}
+        scores = score_against_masks(layout, order, masks)
+        if scores is not None:
+            result |= {"test_dice": float(scores["dice"].mean()), "test_iou": float(scores["iou"].mean())}
+            mlflow.log_metrics({"test_dice": result["test_dice"], "test_iou": result["test_iou"]})
+            with tempfile.TemporaryDirectory() as tmp:
+                per_image = Path(tmp) / "test_scores.csv"
+                scores.to_csv(per_image, index=False)
+                mlflow.log_artifact(str(per_image))
+            tracking.log_figure(worst_overlays(layout, order, masks, scores), "plots/worst_test_images.png")
+        mlflow.log_metrics({"rows": result["rows"], "empty_masks": result["empty"]})
+    print(f"wrote {result['rows']} rows to {output} ({result['empty']} empty masks)"
+          + (f"; test Dice {result['test_dice']:.4f}, IoU {result['test_iou']:.4f}" if scores is not None else ""))
+    return result

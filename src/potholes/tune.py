@@ -1,0 +1,289 @@
+"""`tune`: Optuna over ensemble weight, threshold and min-area, then register the best ensemble.
+
+Both networks see the validation images exactly once (with the same flip TTA as predict);
+every trial only blends cached logits, thresholds, removes small components and scores Dice.
+The seed re-ran both networks over the validation set in every trial.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import mlflow
+import numpy as np
+import optuna
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from potholes import postprocess as pp
+from potholes import tracking
+from potholes.ensemble import MEMBERS, EnsembleConfig, EnsemblePredictor
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    n_trials: int = 40
+    seed: int = 42
+    threshold_min: float = 0.30
+    threshold_max: float = 0.45
+    min_area_min: int = 100  # pixels at 512 px, scaled to the model size
+    min_area_max: int = 400
+    storage: str | None = None  # default: sqlite:///optuna.db in the working directory
+    study_name: str | None = None
+    registered_model: str = "pothole-ensemble"
+    unetpp_run: str | None = None
+    deeplab_run: str | None = None
+    val_fraction: float = 0.15
+    split_seed: int = 42
+    extra_callbacks: tuple[Callable, ...] = field(default=(), compare=False)
+
+    def validate(self) -> None:
+        if self.n_trials < 1:
+            raise ValueError(f"n_trials must be >= 1, got {self.n_trials}")
+        if not 0 < self.threshold_min <= self.threshold_max < 1:
+            raise ValueError(f"need 0 < threshold_min <= threshold_max < 1, got {self.threshold_min}..{self.threshold_max}")
+        if not 0 <= self.min_area_min <= self.min_area_max:
+            raise ValueError(f"need 0 <= min_area_min <= min_area_max, got {self.min_area_min}..{self.min_area_max}")
+
+
+# ----------------------------------------------------------------------------- choosing runs
+def latest_train_run(model: str, digest: str) -> str:
+    """The newest FINISHED train run of ``model`` on the split with ``digest``."""
+    runs = mlflow.search_runs(
+        search_all_experiments=True,
+        filter_string=(f"tags.model = '{model}' AND tags.`potholes.stage` = 'train' AND "
+                       f"attributes.status = 'FINISHED' AND tags.`potholes.dataset_digest` = '{digest}'"),
+        order_by=["attributes.start_time DESC"], max_results=1, output_format="list")
+    if not runs:
+        raise ValueError(f"no finished train run of model '{model}' on this split (dataset digest {digest}); "
+                         f"run `mlflow run . -e train -P model={model}` first or pass {model}_run=<run id>")
+    return runs[0].info.run_id
+
+
+def check_train_run(run_id: str, model: str, digest: str) -> None:
+    try:
+        run = MlflowClient().get_run(run_id)
+    except MlflowException as exc:
+        raise ValueError(f"{model}_run: run '{run_id}' does not exist in {mlflow.get_tracking_uri()}") from exc
+    tags = run.data.tags
+    if tags.get("potholes.stage") != "train" or tags.get("model") != model:
+        raise ValueError(f"{model}_run: run '{run_id}' is not a train run of model '{model}' "
+                         f"(stage={tags.get('potholes.stage')}, model={tags.get('model')})")
+    trained_on = tracking.run_dataset_digest(run_id)
+    if trained_on != digest:
+        raise ValueError(f"{model}_run: run '{run_id}' was trained on a different split (dataset digest "
+                         f"{trained_on}, this data gives {digest}); retrain it or use matching data_dir/val_fraction/seed")
+
+
+def download_best_checkpoint(run_id: str, dst: Path) -> Path:
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="checkpoints/best", dst_path=str(dst)))
+
+
+# ----------------------------------------------------------------------------- search
+@dataclass
+class SearchSpace:
+    w_unetpp: tuple[float, float]
+    threshold: tuple[float, float]
+    min_area: tuple[int, int]  # at the ensemble's img_size
+
+
+def score(logits: dict[str, np.ndarray], masks: np.ndarray, w_unetpp: float, threshold: float, min_area: int) -> float:
+    probs = pp.sigmoid(pp.blend_logits(logits["unetpp"], logits["deeplab"], w_unetpp))
+    return pp.mean_dice(probs, masks, threshold, min_area)
+
+
+def make_objective(logits: dict[str, np.ndarray], masks: np.ndarray, space: SearchSpace):
+    def objective(trial: optuna.Trial) -> float:
+        w = trial.suggest_float("w_unetpp", *space.w_unetpp)
+        threshold = trial.suggest_float("threshold", *space.threshold)
+        min_area = trial.suggest_int("min_area", *space.min_area)
+        trial.set_user_attr("w_deeplab", 1.0 - w)
+        return score(logits, masks, w, threshold, min_area)
+    return objective
+
+
+def baselines(logits: dict[str, np.ndarray], masks: np.ndarray) -> dict[str, float]:
+    """Single models and the 50/50 blend, at the seed's 0.4 threshold without cleaning."""
+    return {"baseline_unetpp_dice": score(logits, masks, 1.0, 0.4, 0),
+            "baseline_deeplab_dice": score(logits, masks, 0.0, 0.4, 0),
+            "baseline_blend50_dice": score(logits, masks, 0.5, 0.4, 0)}
+
+
+def run_study(study: optuna.Study, objective, n_trials: int, callbacks: list, space: SearchSpace) -> int:
+    """Run until the study holds ``n_trials`` finished trials; returns how many ran now.
+
+    A new study starts from the seed's default (50/50 at threshold 0.4, smallest min-area) so
+    the search can only improve on it.
+    """
+    done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+    if not study.trials:
+        study.enqueue_trial({"w_unetpp": 0.5, "threshold": min(max(0.4, space.threshold[0]), space.threshold[1]),
+                             "min_area": space.min_area[0]})
+    remaining = max(0, n_trials - done)
+    if remaining:
+        study.optimize(objective, n_trials=remaining, callbacks=callbacks)
+    return remaining
+
+
+def log_study_plots(study: optuna.Study) -> None:
+    from optuna.visualization.matplotlib import plot_optimization_history, plot_param_importances
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        tracking.log_figure(plot_optimization_history(study).figure, "plots/optimization_history.png")
+        try:
+            tracking.log_figure(plot_param_importances(study).figure, "plots/param_importances.png")
+        except (ValueError, RuntimeError, ZeroDivisionError) as exc:  # too few or identical trials
+            print(f"note: no param-importance plot ({exc})")
+
+
+# ----------------------------------------------------------------------------- registry
+def promote(registered_model: str, version: str, val_dice: float) -> str:
+    """``champion`` moves to the new version only when it beats the current champion's Dice."""
+    client = MlflowClient()
+    try:
+        current = client.get_model_version_by_alias(registered_model, CHAMPION)
+    except MlflowException:
+        current = None
+    if current is None or val_dice > float(current.tags.get("val_dice", "-inf")):
+        client.set_registered_model_alias(registered_model, CHAMPION, version)
+        return CHAMPION
+    client.set_registered_model_alias(registered_model, CHALLENGER, version)
+    return CHALLENGER
+
+
+def pinned_requirements() -> list[str]:
+    """The package's own exact pins, so the served model's environment matches training's."""
+    requirements = importlib.metadata.requires("potholes") or []
+    return [r for r in requirements if "extra ==" not in r]
+
+
+def model_card(config: EnsembleConfig, val_dice: float, base: dict, digest: str, runs: dict) -> str:
+    members = ", ".join(f"{name}: {config.members[name]['encoder']} @ {config.members[name]['img_size']}px "
+                        f"(run {runs[name]})" for name in MEMBERS)
+    return (f"Pothole segmentation ensemble (UNet++ + DeepLabV3+, logit blend, horizontal-flip TTA).\n"
+            f"Data: manifest digest {digest}. Models: {members}.\n"
+            f"Tuned: w_unetpp={config.w_unetpp:.3f}, threshold={config.threshold:.3f}, "
+            f"min_area={config.min_area}px at {config.img_size}px.\n"
+            f"Validation Dice {val_dice:.4f} (UNet++ alone {base['baseline_unetpp_dice']:.4f}, "
+            f"DeepLabV3+ alone {base['baseline_deeplab_dice']:.4f}, 50/50@0.4 {base['baseline_blend50_dice']:.4f}).\n"
+            f"Input: DataFrame column 'image' = base64 JPEG/PNG; output: rle, height, width, pothole_pixels, "
+            f"pothole_fraction, num_potholes; params threshold, min_area.")
+
+
+def log_and_register(predictor: EnsemblePredictor, checkpoint_dirs: dict[str, Path], example_image: Path,
+                     tune: TuneConfig, val_dice: float, base: dict, digest: str, runs: dict) -> dict:
+    import base64
+
+    import pandas as pd
+    from mlflow.models import infer_signature
+
+    from potholes.ensemble import mask_record
+
+    config = predictor.config
+    with tempfile.TemporaryDirectory() as tmp:
+        config_path = config.save(Path(tmp) / "ensemble_config.json")
+        example = pd.DataFrame({"image": [base64.b64encode(example_image.read_bytes()).decode("ascii")]})
+        from potholes.data import read_image
+
+        output = pd.DataFrame([mask_record(predictor.predict_masks([read_image(example_image)])[0])])
+        signature = infer_signature(example, output, params={"threshold": float(config.threshold),
+                                                             "min_area": int(config.min_area)})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # MLflow's hint on integer output columns
+            info = mlflow.pyfunc.log_model(
+            name="ensemble",
+            python_model=str(Path(__file__).with_name("serving_model.py")),
+            artifacts={"ensemble_config": str(config_path), **{n: str(d) for n, d in checkpoint_dirs.items()}},
+            code_paths=[str(Path(__file__).parent)],
+            signature=signature,
+            input_example=example,
+            pip_requirements=pinned_requirements(),
+            registered_model_name=tune.registered_model,
+            )
+    version = str(info.registered_model_version)
+    client = MlflowClient()
+    for key, value in {"val_dice": f"{val_dice:.6f}", "dataset_digest": digest,
+                       "unetpp_run": runs["unetpp"], "deeplab_run": runs["deeplab"]}.items():
+        client.set_model_version_tag(tune.registered_model, version, key, value)
+    client.update_model_version(tune.registered_model, version, description=model_card(config, val_dice, base, digest, runs))
+    alias = promote(tune.registered_model, version, val_dice)
+    return {"version": version, "alias": alias, "model_uri": info.model_uri}
+
+
+# ----------------------------------------------------------------------------- the stage
+def run_tune(data_dir: str, tune: TuneConfig = TuneConfig(), progress: bool = True) -> dict:
+    from optuna_integration.mlflow import MLflowCallback
+
+    from potholes import plots
+    from potholes.data import build_manifest
+    from potholes.train import load_split
+
+    tune.validate()
+    prepared = build_manifest(data_dir, tune.val_fraction, tune.split_seed, progress=progress)
+    digest = tracking.manifest_dataset(prepared.manifest, prepared.layout.root).digest
+    runs = {"unetpp": tune.unetpp_run or latest_train_run("unetpp", digest),
+            "deeplab": tune.deeplab_run or latest_train_run("deeplab", digest)}
+    for name, run_id in runs.items():
+        check_train_run(run_id, name, digest)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        dirs = {name: download_best_checkpoint(run_id, Path(tmp) / name) for name, run_id in runs.items()}
+        predictor = EnsemblePredictor.from_checkpoints(dirs, EnsembleConfig())
+        size = max(int(predictor.config.members[n]["img_size"]) for n in MEMBERS)
+        predictor.config.img_size = size
+        val_images, val_masks = load_split(prepared.layout.root, prepared.manifest, "val", size, progress)
+        # The one expensive step: both networks over the validation set, once.
+        logits = predictor.member_logits(list(val_images))
+        space = SearchSpace(w_unetpp=(0.0, 1.0), threshold=(tune.threshold_min, tune.threshold_max),
+                            min_area=(pp.scaled_min_area(tune.min_area_min, size), pp.scaled_min_area(tune.min_area_max, size)))
+
+        storage = tune.storage or f"sqlite:///{Path('optuna.db').resolve()}"
+        study_name = tune.study_name or f"ensemble-{runs['unetpp'][:8]}-{runs['deeplab'][:8]}-{digest}"
+        study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize",
+                                    sampler=optuna.samplers.TPESampler(seed=tune.seed), load_if_exists=True)
+
+        with tracking.stage_run("tune", run_name="tune") as parent:
+            mlflow.log_params({"data_dir": data_dir, "n_trials": tune.n_trials, "seed": tune.seed,
+                               "threshold_range": f"{tune.threshold_min}-{tune.threshold_max}",
+                               "min_area_range_at_img_size": f"{space.min_area[0]}-{space.min_area[1]}",
+                               "img_size": size, "storage": storage, "study_name": study_name,
+                               "unetpp_run": runs["unetpp"], "deeplab_run": runs["deeplab"]})
+            tracking.log_manifest(prepared.manifest, prepared.layout.root, context="tuning")
+            base = baselines(logits, val_masks)
+            mlflow.log_metrics(base)
+            trial_logger = MLflowCallback(metric_name="val_dice", create_experiment=False,
+                                          mlflow_kwargs={"nested": True})
+            # Trials finished by an interrupted earlier process are logged under this parent too,
+            # so one parent shows the whole study.
+            for finished in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
+                trial_logger(study, finished)
+            ran = run_study(study, make_objective(logits, val_masks, space), tune.n_trials,
+                            [trial_logger, *tune.extra_callbacks], space)
+
+            best = study.best_trial
+            mlflow.log_params({f"best_{k}": v for k, v in best.params.items()})
+            mlflow.log_metrics({"best_val_dice": best.value, "trials_run_now": ran,
+                                "trials_complete": len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)))})
+            log_study_plots(study)
+
+            predictor.config.w_unetpp = float(best.params["w_unetpp"])
+            predictor.config.threshold = float(best.params["threshold"])
+            predictor.config.min_area = int(best.params["min_area"])
+            example = prepared.layout.root / prepared.manifest[prepared.manifest["split"] == "val"].iloc[0]["image_path"]
+            registered = log_and_register(predictor, dirs, example, tune, best.value, base, digest, runs)
+            mlflow.set_tags({"registered_model": tune.registered_model, "registered_version": registered["version"],
+                             "alias": registered["alias"]})
+            print(f"tuned val Dice {best.value:.4f} (UNet++ {base['baseline_unetpp_dice']:.4f}, DeepLabV3+ "
+                  f"{base['baseline_deeplab_dice']:.4f}, 50/50@0.4 {base['baseline_blend50_dice']:.4f}); "
+                  f"params {best.params}", flush=True)
+            print(f"registered {tune.registered_model} version {registered['version']} as @{registered['alias']}", flush=True)
+            return {"run_id": parent.info.run_id, "best_val_dice": best.value, "best_params": best.params,
+                    **base, **registered}
