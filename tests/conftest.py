@@ -49,3 +49,47 @@ def synth_data(tmp_path_factory):
     from potholes.synth import generate
 
     return generate(tmp_path_factory.mktemp("synth") / "data", n_train=24, n_test=6, size=96, seed=3)
+
+
+@pytest.fixture(scope="session")
+def smoke_store(tmp_path_factory, synth_data):
+    """Both models trained with the smoke preset and tuned once, in a store shared by many tests."""
+    import types
+
+    import mlflow
+
+    from potholes import tracking as tracking_mod
+    from potholes.config import resolve_config
+    from potholes.train import run_train
+    from potholes.tune import TuneConfig, run_tune
+
+    workdir = tmp_path_factory.mktemp("store")
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    os.chdir(workdir)
+    try:
+        mlflow.set_tracking_uri(uri)
+        tracking_mod.configure()
+        runs = {m: run_train(resolve_config(m, "smoke"), str(synth_data), progress=False) for m in ("unetpp", "deeplab")}
+        tuned = run_tune(str(synth_data), TuneConfig(n_trials=4), progress=False)
+    finally:
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+    return types.SimpleNamespace(uri=uri, workdir=workdir, data=synth_data, tune=tuned, **runs)
+
+
+@pytest.fixture
+def in_smoke_store(smoke_store, tmp_path, monkeypatch):
+    """Point MLflow at the shared smoke store for one test."""
+    import mlflow
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", smoke_store.uri)
+    mlflow.set_tracking_uri(smoke_store.uri)
+    yield smoke_store
+    while mlflow.active_run():
+        mlflow.end_run()
+    for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        os.environ.pop(var, None)

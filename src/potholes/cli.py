@@ -117,7 +117,7 @@ def train(ctx: click.Context, data_dir: str, model: str, preset: str, resume: st
 @click.option("--threshold-max", default=0.45, show_default=True, type=float)
 @click.option("--min-area-min", default=100, show_default=True, type=int, help="pixels at 512 px (scaled to model size)")
 @click.option("--min-area-max", default=400, show_default=True, type=int, help="pixels at 512 px (scaled to model size)")
-@click.option("--storage", type=OPT_STR, default=None, help="Optuna RDB URL (default: sqlite:///optuna.db here)")
+@click.option("--storage", type=OPT_STR, default=None, help="Optuna RDB URL (default: optuna.db beside mlflow.db)")
 @click.option("--study-name", type=OPT_STR, default=None, help="default: derived from the two runs and the split")
 @click.option("--registered-model", default="pothole-ensemble", show_default=True)
 @click.option("--val-fraction", default=0.15, show_default=True, type=float, help="must match prepare's")

@@ -34,7 +34,7 @@ def run_main(data_dir: str, preset: str = "auto", n_trials: int = 40, output: st
         return out
 
     with tracking.stage_run("main", run_name="main") as parent:
-        mlflow.log_params({"data_dir": data_dir, "preset": preset, "resolved_preset": configs["unetpp"].preset,
+        tracking.log_params({"data_dir": data_dir, "preset": preset, "resolved_preset": configs["unetpp"].preset,
                            "n_trials": n_trials, "output": output})
         results["prepare"] = timed("prepare", run_prepare, data_dir, split, progress=progress)
         for model, config in configs.items():

@@ -128,7 +128,7 @@ def run_predict(data_dir: str, config: PredictConfig = PredictConfig(), progress
     predictor.batch_size = config.batch_size
 
     with tracking.stage_run("predict", run_name="predict"):
-        mlflow.log_params({"model_uri": config.model_uri, "data_dir": data_dir, "output": config.output,
+        tracking.log_params({"model_uri": config.model_uri, "data_dir": data_dir, "output": config.output,
                            "batch_size": config.batch_size, "num_images": len(order),
                            **{f"ensemble_{k}": v for k, v in vars(predictor.config).items() if k != "members"}})
         submission, masks = predict_submission(predictor, order, config.batch_size, progress)

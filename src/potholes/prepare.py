@@ -44,7 +44,7 @@ def run_prepare(data_dir: str, split: SplitConfig = SplitConfig(), progress: boo
     summary["warnings"] = [str(w.message) for w in caught]
 
     with tracking.stage_run("prepare", run_name="prepare"):
-        mlflow.log_params({"data_dir": data_dir, "dataset_root": str(prepared.layout.root),
+        tracking.log_params({"data_dir": data_dir, "dataset_root": str(prepared.layout.root),
                            "val_fraction": split.val_fraction, "seed": split.seed})
         digest = tracking.log_manifest(prepared.manifest, prepared.layout.root, context="prepare")
         summary["dataset_digest"] = digest

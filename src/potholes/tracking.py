@@ -64,6 +64,21 @@ def stage_run(stage: str, run_name: str | None = None, tags: dict | None = None,
         mlflow.end_run("FINISHED")
 
 
+def log_params(params: dict) -> None:
+    """Log params, leaving alone any key the run already has (`mlflow run` logs the MLproject
+    parameters itself, with empty strings for unset ones); a differing value is kept beside it
+    as ``resolved.<key>``."""
+    existing = mlflow.get_run(mlflow.active_run().info.run_id).data.params
+    fresh = {}
+    for key, value in params.items():
+        if key not in existing:
+            fresh[key] = value
+        elif existing[key] != str(value):
+            fresh[f"resolved.{key}"] = value
+    if fresh:
+        mlflow.log_params(fresh)
+
+
 def log_json(payload: dict, artifact_file: str) -> None:
     mlflow.log_dict(payload, artifact_file)
 
@@ -77,16 +92,16 @@ def log_figure(fig, artifact_file: str) -> None:
 
 def manifest_dataset(manifest: pd.DataFrame, source: str | Path):
     """The manifest as an MLflow dataset; its digest identifies files, sizes, masks and split."""
-    return mlflow.data.from_pandas(manifest, source=str(source), name=DATASET_NAME)
+    with warnings.catch_warnings():
+        # MLflow hints about ambiguous local sources and integer columns; neither applies here.
+        warnings.simplefilter("ignore", UserWarning)
+        return mlflow.data.from_pandas(manifest, source=str(source), name=DATASET_NAME)
 
 
 def log_manifest(manifest: pd.DataFrame, source: str | Path, context: str) -> str:
     """Log the manifest CSV artifact and dataset input; return the dataset digest."""
-    with warnings.catch_warnings():
-        # MLflow hints about ambiguous local sources and integer columns; neither applies here.
-        warnings.simplefilter("ignore", UserWarning)
-        dataset = manifest_dataset(manifest, source)
-        mlflow.log_input(dataset, context=context)
+    dataset = manifest_dataset(manifest, source)
+    mlflow.log_input(dataset, context=context)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "manifest.csv"
         manifest.to_csv(path, index=False)

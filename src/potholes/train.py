@@ -142,7 +142,7 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device, scaler=None, prog
         else:
             loss.backward()
             optimizer.step()
-        total += float(loss) * len(images)
+        total += loss.item() * len(images)
         seen += len(images)
         bar.set_postfix(loss=f"{total / seen:.4f}")
     seconds = time.perf_counter() - start
@@ -294,8 +294,10 @@ def run_train(config: TrainConfig, data_dir: str, progress: bool = True) -> dict
     with tracking.stage_run("train", run_name=f"train-{config.model}", tags={"model": config.model},
                             run_id=run_id, log_system_metrics=True) as run:
         if not config.resume:
-            mlflow.log_params(config.as_params() | {"data_dir": data_dir, "device": device.type,
-                                                    "num_train": len(train_images), "num_val": len(val_images)})
+            # Under `config.*`, so runs compare the same way however they were launched.
+            mlflow.log_params({f"config.{k}": v for k, v in config.as_params().items()})
+            tracking.log_params({"data_dir": data_dir, "device": device.type,
+                                 "num_train": len(train_images), "num_val": len(val_images)})
             mlflow.log_metric("parameter_count", sum(p.numel() for p in state.model.parameters()))
             mlflow.set_tag("preset_reason", config.preset_reason)
         digest = tracking.log_manifest(manifest, root, context="training")
@@ -324,6 +326,7 @@ def _check_resumable(config: TrainConfig, run_id: str) -> None:
 
     params = mlflow.MlflowClient().get_run(run_id).data.params
     for key in ("model", "encoder", "img_size", "epochs"):
-        if key in params and params[key] != str(getattr(config, key)):
-            raise ValueError(f"resume: run '{run_id}' was trained with {key}={params[key]}, "
+        logged = params.get(f"config.{key}")
+        if logged is not None and logged != str(getattr(config, key)):
+            raise ValueError(f"resume: run '{run_id}' was trained with {key}={logged}, "
                              f"not {getattr(config, key)}; pass the same {key} (or preset) to resume it")

@@ -35,7 +35,7 @@ class TuneConfig:
     threshold_max: float = 0.45
     min_area_min: int = 100  # pixels at 512 px, scaled to the model size
     min_area_max: int = 400
-    storage: str | None = None  # default: sqlite:///optuna.db in the working directory
+    storage: str | None = None  # default: optuna.db beside the MLflow SQLite store
     study_name: str | None = None
     registered_model: str = "pothole-ensemble"
     unetpp_run: str | None = None
@@ -82,6 +82,13 @@ def check_train_run(run_id: str, model: str, digest: str) -> None:
                          f"{trained_on}, this data gives {digest}); retrain it or use matching data_dir/val_fraction/seed")
 
 
+def default_storage() -> str:
+    """The Optuna study lives beside the MLflow SQLite store (``optuna.db``), else in the cwd."""
+    uri = mlflow.get_tracking_uri()
+    folder = Path(uri.removeprefix("sqlite:///")).parent if uri.startswith("sqlite:///") else Path.cwd()
+    return f"sqlite:///{(folder / 'optuna.db').resolve()}"
+
+
 def download_best_checkpoint(run_id: str, dst: Path) -> Path:
     return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="checkpoints/best", dst_path=str(dst)))
 
@@ -114,6 +121,20 @@ def baselines(logits: dict[str, np.ndarray], masks: np.ndarray) -> dict[str, flo
     return {"baseline_unetpp_dice": score(logits, masks, 1.0, 0.4, 0),
             "baseline_deeplab_dice": score(logits, masks, 0.0, 0.4, 0),
             "baseline_blend50_dice": score(logits, masks, 0.5, 0.4, 0)}
+
+
+def log_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Optuna callback: each finished trial as a nested run of the active (tune) run.
+
+    (optuna-integration's MLflowCallback does the same but is deprecated since Optuna 4.9.)
+    """
+    if trial.state != optuna.trial.TrialState.COMPLETE:
+        return
+    with mlflow.start_run(run_name=f"trial-{trial.number}", nested=True,
+                          tags={"potholes.stage": "tune-trial", "optuna.study": study.study_name,
+                                "optuna.trial": str(trial.number)}):
+        mlflow.log_params(trial.params | {"w_deeplab": 1.0 - trial.params["w_unetpp"]})
+        mlflow.log_metric("val_dice", trial.value)
 
 
 def run_study(study: optuna.Study, objective, n_trials: int, callbacks: list, space: SearchSpace) -> int:
@@ -185,28 +206,27 @@ def log_and_register(predictor: EnsemblePredictor, checkpoint_dirs: dict[str, Pa
     import pandas as pd
     from mlflow.models import infer_signature
 
+    from potholes.data import read_image
     from potholes.ensemble import mask_record
 
     config = predictor.config
     with tempfile.TemporaryDirectory() as tmp:
         config_path = config.save(Path(tmp) / "ensemble_config.json")
         example = pd.DataFrame({"image": [base64.b64encode(example_image.read_bytes()).decode("ascii")]})
-        from potholes.data import read_image
-
         output = pd.DataFrame([mask_record(predictor.predict_masks([read_image(example_image)])[0])])
-        signature = infer_signature(example, output, params={"threshold": float(config.threshold),
-                                                             "min_area": int(config.min_area)})
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # MLflow's hint on integer output columns
+            signature = infer_signature(example, output, params={"threshold": float(config.threshold),
+                                                                 "min_area": int(config.min_area)})
             info = mlflow.pyfunc.log_model(
-            name="ensemble",
-            python_model=str(Path(__file__).with_name("serving_model.py")),
-            artifacts={"ensemble_config": str(config_path), **{n: str(d) for n, d in checkpoint_dirs.items()}},
-            code_paths=[str(Path(__file__).parent)],
-            signature=signature,
-            input_example=example,
-            pip_requirements=pinned_requirements(),
-            registered_model_name=tune.registered_model,
+                name="ensemble",
+                python_model=str(Path(__file__).with_name("serving_model.py")),
+                artifacts={"ensemble_config": str(config_path), **{n: str(d) for n, d in checkpoint_dirs.items()}},
+                code_paths=[str(Path(__file__).parent)],
+                signature=signature,
+                input_example=example,
+                pip_requirements=pinned_requirements(),
+                registered_model_name=tune.registered_model,
             )
     version = str(info.registered_model_version)
     client = MlflowClient()
@@ -220,8 +240,6 @@ def log_and_register(predictor: EnsemblePredictor, checkpoint_dirs: dict[str, Pa
 
 # ----------------------------------------------------------------------------- the stage
 def run_tune(data_dir: str, tune: TuneConfig = TuneConfig(), progress: bool = True) -> dict:
-    from optuna_integration.mlflow import MLflowCallback
-
     from potholes import plots
     from potholes.data import build_manifest
     from potholes.train import load_split
@@ -245,13 +263,13 @@ def run_tune(data_dir: str, tune: TuneConfig = TuneConfig(), progress: bool = Tr
         space = SearchSpace(w_unetpp=(0.0, 1.0), threshold=(tune.threshold_min, tune.threshold_max),
                             min_area=(pp.scaled_min_area(tune.min_area_min, size), pp.scaled_min_area(tune.min_area_max, size)))
 
-        storage = tune.storage or f"sqlite:///{Path('optuna.db').resolve()}"
+        storage = tune.storage or default_storage()
         study_name = tune.study_name or f"ensemble-{runs['unetpp'][:8]}-{runs['deeplab'][:8]}-{digest}"
         study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize",
                                     sampler=optuna.samplers.TPESampler(seed=tune.seed), load_if_exists=True)
 
         with tracking.stage_run("tune", run_name="tune") as parent:
-            mlflow.log_params({"data_dir": data_dir, "n_trials": tune.n_trials, "seed": tune.seed,
+            tracking.log_params({"data_dir": data_dir, "n_trials": tune.n_trials, "seed": tune.seed,
                                "threshold_range": f"{tune.threshold_min}-{tune.threshold_max}",
                                "min_area_range_at_img_size": f"{space.min_area[0]}-{space.min_area[1]}",
                                "img_size": size, "storage": storage, "study_name": study_name,
@@ -259,8 +277,7 @@ def run_tune(data_dir: str, tune: TuneConfig = TuneConfig(), progress: bool = Tr
             tracking.log_manifest(prepared.manifest, prepared.layout.root, context="tuning")
             base = baselines(logits, val_masks)
             mlflow.log_metrics(base)
-            trial_logger = MLflowCallback(metric_name="val_dice", create_experiment=False,
-                                          mlflow_kwargs={"nested": True})
+            trial_logger = log_trial
             # Trials finished by an interrupted earlier process are logged under this parent too,
             # so one parent shows the whole study.
             for finished in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):

@@ -1,0 +1,45 @@
+import pytest
+
+from potholes.config import LITE0_MEAN, ConfigError, resolve_config
+
+
+def test_full_preset_is_the_seed_recipe():
+    u = resolve_config("unetpp", "full")
+    d = resolve_config("deeplab", "full")
+    assert (u.encoder, u.img_size, u.batch_size, u.epochs, u.lr, u.weight_decay) == ("efficientnet-b4", 512, 4, 28, 1e-4, 1e-4)
+    assert (d.encoder, d.epochs) == ("resnet101", 20)
+    assert u.mean == (0.485, 0.456, 0.406) and u.encoder_weights == "imagenet"
+    assert u.focal_weight == 0.6 and u.focal_gamma == 2.0 and u.val_threshold == 0.4
+
+
+def test_cpu_preset_uses_offline_lite0_with_its_normalisation():
+    c = resolve_config("deeplab", "cpu")
+    assert c.encoder == "tu-tf_efficientnet_lite0" and c.encoder_weights == "imagenet"
+    assert c.mean == LITE0_MEAN == (0.5, 0.5, 0.5)
+
+
+def test_auto_follows_cuda_and_says_why():
+    assert resolve_config("unetpp", "auto", cuda_available=True).preset == "full"
+    cpu = resolve_config("unetpp", "auto", cuda_available=False)
+    assert cpu.preset == "cpu" and "no CUDA" in cpu.preset_reason
+
+
+def test_explicit_values_beat_the_preset():
+    c = resolve_config("unetpp", "smoke", epochs=5, img_size=96, lr=None)
+    assert (c.epochs, c.img_size, c.lr) == (5, 96, 1e-3)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(model="segformer"), "model must be one of"),
+    (dict(preset="huge"), "preset must be one of"),
+    (dict(epochs=0), "epochs must be a positive integer"),
+    (dict(img_size=100), "img_size must be a multiple of 32"),
+    (dict(batch_size=-1), "batch_size"),
+    (dict(encoder_weights="ssl"), "encoder_weights must be"),
+    (dict(lr=0.0), "lr must be > 0"),
+])
+def test_invalid_values_name_the_parameter(kwargs, message):
+    model = kwargs.pop("model", "unetpp")
+    preset = kwargs.pop("preset", "smoke")
+    with pytest.raises(ConfigError, match=message):
+        resolve_config(model, preset, **kwargs)

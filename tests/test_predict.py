@@ -1,0 +1,113 @@
+import shutil
+
+import cv2
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from potholes.data import DatasetError, find_dataset, read_image
+from potholes.postprocess import rle_decode
+from potholes.predict import PredictConfig, run_predict, submission_order, write_csv_atomically
+from test_prepare import artifacts
+
+
+def copy_dataset(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_submission_follows_sample_order_and_scores_test_masks(in_smoke_store, tmp_path):
+    output = tmp_path / "out" / "submission.csv"
+    result = run_predict(str(in_smoke_store.data), PredictConfig(output=str(output)), progress=False)
+    sample = pd.read_csv(in_smoke_store.data / "sample_submission.csv")
+    written = pd.read_csv(output, keep_default_na=False)
+    assert list(written.columns) == ["ImageId", "rle"]
+    assert written["ImageId"].tolist() == sample["ImageId"].tolist()
+    assert sorted(written["ImageId"]) != written["ImageId"].tolist()  # the order is the sample's, not sorted
+    run = mlflow.search_runs(filter_string="tags.`potholes.stage` = 'predict'", search_all_experiments=True,
+                             output_format="list")[0]
+    assert 0 <= run.data.metrics["test_dice"] <= 1 and run.data.metrics["test_dice"] == pytest.approx(result["test_dice"])
+    assert {"submission.csv", "test_scores.csv", "plots/worst_test_images.png"} <= artifacts(run.info.run_id)
+
+
+def test_odd_image_formats_get_rows_at_their_own_size(in_smoke_store, tmp_path):
+    data = copy_dataset(in_smoke_store.data, tmp_path / "data")
+    test_dir = data / "test" / "images"
+    rgb = read_image(next(test_dir.glob("*.jpg")))
+    cv2.imwrite(str(test_dir / "gray_901.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))
+    cv2.imwrite(str(test_dir / "rgba_902.PNG"), np.dstack([rgb[..., ::-1], np.full(rgb.shape[:2], 255, np.uint8)]))
+    cv2.imwrite(str(test_dir / "wide_903.jpeg"), cv2.resize(rgb, (150, 70))[..., ::-1])
+    shutil.rmtree(data / "test" / "mask")
+    sample = pd.read_csv(data / "sample_submission.csv")
+    extra = pd.DataFrame({"ImageId": ["wide_903.jpeg", "gray_901.png", "rgba_902.PNG"], "rle": ""})
+    pd.concat([extra, sample]).to_csv(data / "sample_submission.csv", index=False)
+    output = tmp_path / "sub.csv"
+    run_predict(str(data), PredictConfig(output=str(output)), progress=False)
+    written = pd.read_csv(output, keep_default_na=False).set_index("ImageId")
+    assert written.index[:3].tolist() == ["wide_903.jpeg", "gray_901.png", "rgba_902.PNG"]
+    assert len(written) == len(sample) + 3
+    # an RLE is only valid for its own image size: decoding at 70x150 must succeed
+    rle_decode(written.loc["wide_903.jpeg", "rle"], (70, 150))
+
+
+def test_id_problems_are_reported_together_before_anything_is_written(in_smoke_store, tmp_path):
+    data = copy_dataset(in_smoke_store.data, tmp_path / "data")
+    images = sorted((data / "test" / "images").iterdir())
+    images[0].unlink()  # listed in the sample, no file
+    cv2.imwrite(str(data / "test" / "images" / "pothole_999.jpg"), np.zeros((8, 8, 3), np.uint8))  # not listed
+    output = tmp_path / "submission.csv"
+    with pytest.raises(DatasetError) as err:
+        run_predict(str(data), PredictConfig(output=str(output)), progress=False)
+    assert images[0].name in str(err.value) and "pothole_999.jpg" in str(err.value)
+    assert "no file in test/images" in str(err.value) and "not listed" in str(err.value)
+    assert not output.exists()
+    assert not list(tmp_path.glob(".submission.csv.*"))
+
+
+def test_sample_file_problems(tmp_path, synth_data):
+    data = copy_dataset(synth_data, tmp_path / "data")
+    pd.DataFrame({"Id": ["x"]}).to_csv(data / "sample_submission.csv", index=False)
+    with pytest.raises(DatasetError, match="no 'ImageId' column"):
+        submission_order(find_dataset(data))
+    (data / "sample_submission.csv").unlink()
+    with pytest.raises(DatasetError, match="no sample_submission.csv"):
+        submission_order(find_dataset(data))
+
+
+def test_missing_model_gives_a_clear_error(tracking, synth_data, tmp_path):
+    with pytest.raises(ValueError, match="cannot be loaded"):
+        run_predict(str(synth_data), PredictConfig(model_uri="models:/nope@champion", output=str(tmp_path / "s.csv")),
+                    progress=False)
+    assert not (tmp_path / "s.csv").exists()
+
+
+def test_atomic_write_leaves_nothing_half_written(tmp_path, monkeypatch):
+    target = tmp_path / "submission.csv"
+    target.write_text("ImageId,rle\nold,1 1\n")
+
+    class Boom(pd.DataFrame):
+        def to_csv(self, *args, **kwargs):
+            args[0].write("ImageId,rle\npartial")
+            raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        write_csv_atomically(Boom({"ImageId": ["a"], "rle": [""]}), target)
+    assert target.read_text() == "ImageId,rle\nold,1 1\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["submission.csv"]
+    write_csv_atomically(pd.DataFrame({"ImageId": ["a"], "rle": ["1 2"]}), target)
+    assert target.read_text().splitlines() == ["ImageId,rle", "a,1 2"]
+
+
+def test_batched_predictions_equal_one_at_a_time(in_smoke_store):
+    """Batching (and mixing image sizes in a batch) must not change any mask."""
+    predictor = mlflow.pyfunc.load_model("models:/pothole-ensemble@champion").unwrap_python_model().predictor
+    images = [read_image(p) for p in sorted((in_smoke_store.data / "test" / "images").iterdir())]
+    images.append(cv2.resize(images[0], (120, 80)))
+    predictor.batch_size = 4
+    together = predictor.predict_masks(images)
+    predictor.batch_size = 1
+    alone = predictor.predict_masks(images)
+    for a, b in zip(together, alone):
+        np.testing.assert_array_equal(a, b)

@@ -1,0 +1,152 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from conftest import REPO, cli_env
+from potholes import tracking
+from potholes import train as train_mod
+from potholes.config import resolve_config
+from potholes.data import build_manifest
+from potholes.models import load_checkpoint
+from test_prepare import artifacts
+
+PER_EPOCH = ("train_loss", "val_loss", "val_dice", "lr", "epoch_seconds", "train_images_per_second")
+
+
+@pytest.mark.parametrize("model", ["unetpp", "deeplab"])
+def test_smoke_training_is_fully_tracked(in_smoke_store, model):
+    result = getattr(in_smoke_store, model)
+    client = MlflowClient()
+    run = client.get_run(result["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["model"] == model and run.data.tags["potholes.stage"] == "train"
+    assert run.data.params["config.preset"] == "smoke" and run.data.params["config.img_size"] == "64"
+    assert run.data.metrics["parameter_count"] > 1e6
+    for key in PER_EPOCH:
+        history = client.get_metric_history(result["run_id"], key)
+        assert [m.step for m in history] == [1, 2], key
+    files = artifacts(result["run_id"])
+    assert {"checkpoints/best/model.safetensors", "checkpoints/best/model_config.json", "checkpoints/last/last.pt",
+            "plots/curves.png", "plots/val_predictions.png", "manifest.csv"} <= files
+    prepared = build_manifest(in_smoke_store.data, progress=False)
+    expected = tracking.manifest_dataset(prepared.manifest, prepared.layout.root).digest
+    assert tracking.run_dataset_digest(result["run_id"]) == expected
+
+
+def test_best_checkpoint_reproduces_logged_val_dice(in_smoke_store, tmp_path):
+    result = in_smoke_store.deeplab
+    folder = mlflow.artifacts.download_artifacts(run_id=result["run_id"], artifact_path="checkpoints/best", dst_path=str(tmp_path))
+    model, model_config = load_checkpoint(folder)
+    assert model_config["arch"] == "deeplab" and model_config["img_size"] == 64
+    config = resolve_config("deeplab", "smoke")
+    prepared = build_manifest(in_smoke_store.data, progress=False)
+    images, masks = train_mod.load_split(prepared.layout.root, prepared.manifest, "val", 64, progress=False)
+    loader = train_mod.make_loader(train_mod.SegmentationDataset(images, masks, config.mean, config.std), config, train=False)
+    scores = train_mod.evaluate(model.to(memory_format=torch.channels_last), loader, train_mod.criterion(config),
+                                0.4, torch.device("cpu"))
+    logged = MlflowClient().get_run(result["run_id"]).data.metrics["best_val_dice"]
+    assert scores["val_dice"] == pytest.approx(logged, abs=1e-6)
+    assert logged == pytest.approx(result["best_val_dice"])
+
+
+def test_dice_per_image_counts_empty_vs_empty_as_one():
+    pred = torch.zeros(3, 1, 4, 4)
+    truth = torch.zeros(3, 1, 4, 4)
+    pred[1, 0, :2] = 1
+    truth[1, 0, :1] = 1
+    truth[2, 0, 0, 0] = 1
+    torch.testing.assert_close(train_mod.dice_per_image(pred, truth), torch.tensor([1.0, 2 * 4 / 12, 0.0]))
+
+
+def interrupt_on_epoch(monkeypatch, epoch: int, exc: BaseException):
+    calls = {"n": 0}
+    original = train_mod.train_one_epoch
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == epoch:
+            raise exc
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "train_one_epoch", flaky)
+
+
+def test_interrupt_then_resume_continues_the_same_run(tracking, synth_data, monkeypatch):
+    from potholes import tracking as tracking_mod
+
+    tracking_mod.configure()
+    config = resolve_config("unetpp", "smoke", epochs=3)
+    interrupt_on_epoch(monkeypatch, 2, KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt):
+        train_mod.run_train(config, str(synth_data), progress=False)
+    run = mlflow.search_runs(output_format="list")[0]
+    run_id = run.info.run_id
+    assert run.info.status == "KILLED"
+    assert "checkpoints/best/model.safetensors" in artifacts(run_id)  # the best so far survives
+
+    monkeypatch.undo()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
+    resumed = resolve_config("unetpp", "smoke", epochs=3, resume=run_id)
+    result = train_mod.run_train(resumed, str(synth_data), progress=False)
+    assert result["run_id"] == run_id
+    client = MlflowClient()
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run_id, "val_dice")] == [1, 2, 3]
+    assert len(mlflow.search_runs(search_all_experiments=True)) == 1
+
+
+def test_resume_with_a_different_architecture_is_refused(tracking, synth_data, monkeypatch):
+    from potholes import tracking as tracking_mod
+
+    tracking_mod.configure()
+    interrupt_on_epoch(monkeypatch, 2, KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt):
+        train_mod.run_train(resolve_config("unetpp", "smoke"), str(synth_data), progress=False)
+    run_id = mlflow.search_runs(output_format="list")[0].info.run_id
+    with pytest.raises(ValueError, match="trained with model=unetpp"):
+        train_mod.run_train(resolve_config("deeplab", "smoke", resume=run_id), str(synth_data), progress=False)
+    with pytest.raises(ValueError, match="no checkpoints/last"):
+        train_mod.run_train(resolve_config("deeplab", "smoke", resume="0" * 32), str(synth_data), progress=False)
+
+
+def test_crash_marks_the_run_failed(tracking, synth_data, monkeypatch):
+    from potholes import tracking as tracking_mod
+
+    tracking_mod.configure()
+    interrupt_on_epoch(monkeypatch, 2, RuntimeError("disk full"))
+    with pytest.raises(RuntimeError, match="disk full"):
+        train_mod.run_train(resolve_config("deeplab", "smoke"), str(synth_data), progress=False)
+    run = mlflow.search_runs(output_format="list")[0]
+    assert run.info.status == "FAILED"
+    assert "checkpoints/best/model.safetensors" in artifacts(run.info.run_id)
+
+
+def test_bad_parameters_fail_before_any_run(tmp_path, synth_data):
+    env = cli_env(tmp_path)
+    for args, message in [(["--model", "deeplab", "--img-size", "100"], "img_size must be a multiple of 32"),
+                          (["--model", "unetpp", "--epochs", "0"], "epochs must be a positive integer"),
+                          (["--model", "unetpp", "--data-dir", str(tmp_path / "none")], "does not exist")]:
+        out = subprocess.run([sys.executable, "-m", "potholes", "train", "--data-dir", str(synth_data), *args],
+                             capture_output=True, text=True, env=env, cwd=tmp_path)
+        assert out.returncode == 2 and message in out.stderr, out.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.slow
+def test_mlflow_run_train_entry_point(tmp_path, synth_data):
+    """`mlflow run . -e train -P model=deeplab -P preset=smoke --env-manager local`."""
+    env = cli_env(tmp_path)
+    out = subprocess.run([str(Path(sys.executable).parent / "mlflow"), "run", str(REPO), "-e", "train",
+                          "--env-manager", "local", "--experiment-name", "potholes",
+                          "-P", "model=deeplab", "-P", "preset=smoke", "-P", f"data_dir={synth_data}"],
+                         capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    run = mlflow.search_runs(experiment_names=["potholes"], output_format="list")[0]
+    assert run.info.status == "FINISHED" and run.data.tags["model"] == "deeplab"
+    assert len(MlflowClient().get_metric_history(run.info.run_id, "val_dice")) == 2
