@@ -21,7 +21,7 @@ $(DEMO_DATA)/sample_submission.csv: | venv
 
 # The main job on the embedded synthetic default: the whole pipeline as one tracked run.
 demo: venv $(DEMO_DATA)/sample_submission.csv
-	$(VENV)/bin/mlflow run . --env-manager local -P data_dir=$(DEMO_DATA) -P preset=$(PRESET)
+	$(VENV)/bin/mlflow run . --env-manager local --experiment-name potholes -P data_dir=$(DEMO_DATA) -P preset=$(PRESET)
 
 test: venv
 	$(PY) -m pytest -q

@@ -65,16 +65,29 @@ def write_csv_atomically(frame: pd.DataFrame, output: Path) -> Path:
 
 
 def predict_submission(predictor, order: list[tuple[str, Path]], batch_size: int = 8, progress: bool = True):
-    """Masks and RLE rows for every test image, in order; images are read batch by batch."""
+    """Masks and RLE rows for every test image, in order.
+
+    The next batch is read and decoded on a helper thread while the networks run on this one
+    (OpenCV and torch both release the GIL), so file I/O hides behind inference.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     from tqdm.auto import tqdm
 
+    def read(chunk):
+        return [read_image(path) for _, path in chunk]
+
+    chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     rows, masks = [], {}
-    for start in tqdm(range(0, len(order), batch_size), desc="predict", disable=not progress):
-        chunk = order[start:start + batch_size]
-        predicted = predictor.predict_masks([read_image(path) for _, path in chunk])
-        for (image_id, _), mask in zip(chunk, predicted):
-            rows.append({"ImageId": image_id, "rle": pp.rle_encode(mask)})
-            masks[image_id] = mask
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        pending = reader.submit(read, chunks[0]) if chunks else None
+        for index, chunk in enumerate(tqdm(chunks, desc="predict", disable=not progress)):
+            images = pending.result()
+            if index + 1 < len(chunks):
+                pending = reader.submit(read, chunks[index + 1])
+            for (image_id, _), mask in zip(chunk, predictor.predict_masks(images)):
+                rows.append({"ImageId": image_id, "rle": pp.rle_encode(mask)})
+                masks[image_id] = mask
     return pd.DataFrame(rows, columns=["ImageId", "rle"]), masks
 
 

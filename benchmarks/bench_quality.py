@@ -1,0 +1,57 @@
+"""Row 6: quality and wall time of the whole pipeline, run exactly as a user runs it
+(`mlflow run . --env-manager local -P data_dir=...`) into a fresh tracking store: time per stage,
+validation Dice per model, tuned validation Dice, and Dice on the test images.
+Target on ../shared/data/potholes with the cpu preset: test Dice >= 0.75 within 20 minutes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import REPO, dataset, parser, report
+
+
+def main() -> None:
+    p = parser(__doc__)
+    p.add_argument("--preset", default="cpu")
+    p.add_argument("--n-trials", type=int, default=40)
+    p.add_argument("--keep", default=None, help="folder to keep the tracking store in (default: a temp folder)")
+    args = p.parse_args()
+    if args.quick:
+        args.preset, args.n_trials = "smoke", 3
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as tmp_name:
+        store = Path(args.keep or tmp_name).resolve()
+        store.mkdir(parents=True, exist_ok=True)
+        data = dataset(args, Path(tmp_name), n_train=24, n_test=6, size=96)
+        env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{store / 'mlflow.db'}",
+               "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+        for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+            env.pop(var, None)
+        command = [str(Path(sys.executable).parent / "mlflow"), "run", str(REPO), "--env-manager", "local",
+                   "--experiment-name", "potholes", "-P", f"data_dir={Path(data).resolve()}",
+                   "-P", f"preset={args.preset}", "-P", f"n_trials={args.n_trials}",
+                   "-P", f"output={store / 'submission.csv'}"]
+        print("$", " ".join(command), flush=True)
+        start = time.perf_counter()
+        subprocess.run(command, env=env, cwd=store, check=True)
+        wall = time.perf_counter() - start
+        mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+        parent = mlflow.search_runs(experiment_names=["potholes"], filter_string="tags.`potholes.stage` = 'main'",
+                                    output_format="list")[0]
+        m = parent.data.metrics
+    row = {"row": "6 quality", "data": "real" if Path(data) == Path(args.data_dir) else "synthetic",
+           "preset": args.preset, **{k: m[k] for k in sorted(m) if k.endswith("_seconds")},
+           "wall_seconds": wall, "unetpp_val_dice": m["unetpp_val_dice"], "deeplab_val_dice": m["deeplab_val_dice"],
+           "tuned_val_dice": m["tuned_val_dice"], "test_dice": m.get("test_dice"),
+           "target": "test Dice >= 0.75, wall <= 1200 s"}
+    report("quality", [row], {"command": " ".join(command)}, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""Shared helpers of the benchmark scripts: data location, machine facts, timing, results JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+RESULTS = HERE / "results"
+DEFAULT_REAL_DATA = REPO.parent / "shared" / "data" / "potholes"
+sys.path.insert(0, str(HERE))
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--quick", action="store_true", help="a run under a minute (what CI executes)")
+    p.add_argument("--data-dir", default=os.environ.get("POTHOLES_REAL_DATA", str(DEFAULT_REAL_DATA)),
+                   help="real dataset (default ../shared/data/potholes); synthetic data is generated when absent")
+    p.add_argument("--out", default=None, help="results JSON (default benchmarks/results/<name>.json)")
+    return p
+
+
+def dataset(args, tmp: Path, n_train: int = 40, n_test: int = 12, size: int = 256) -> Path:
+    """The real data when present (and not --quick), else a synthetic set generated in ``tmp``."""
+    real = Path(args.data_dir)
+    if not args.quick and (real / "train" / "images").is_dir():
+        return real
+    from potholes.synth import generate
+
+    return generate(tmp / "synth", n_train=n_train, n_test=n_test, size=size, seed=1)
+
+
+def machine() -> dict:
+    import torch
+
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"nproc": os.cpu_count(), "cpu": cpu, "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version()}
+
+
+def best_of(fn, repeat: int = 3) -> float:
+    """Fastest wall time of ``repeat`` calls (seconds)."""
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def untrained_checkpoints(folder: Path, img_size: int) -> dict[str, Path]:
+    """Both ensemble members at the cpu preset's architecture, randomly initialised: speed does not
+    depend on the weights, so timing rows need no training."""
+    import torch
+
+    from potholes.config import resolve_config
+    from potholes.models import build_model, save_checkpoint
+
+    torch.manual_seed(0)
+    dirs = {}
+    for name in ("unetpp", "deeplab"):
+        config = resolve_config(name, "cpu", img_size=img_size, encoder_weights="none")
+        dirs[name] = save_checkpoint(build_model(name, config.encoder, None), config.model_config(), folder / name)
+    return dirs
+
+
+def report(name: str, rows: list[dict], extra: dict, args) -> None:
+    """Print a table and write the JSON next to it."""
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    widths = {k: max(len(k), *(len(_fmt(r.get(k))) for r in rows)) for k in keys}
+    print(" | ".join(k.ljust(widths[k]) for k in keys))
+    print("-+-".join("-" * widths[k] for k in keys))
+    for row in rows:
+        print(" | ".join(_fmt(row.get(k)).ljust(widths[k]) for k in keys))
+    out = Path(args.out) if args.out else RESULTS / f"{name}{'_quick' if args.quick else ''}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"benchmark": name, "quick": args.quick, "machine": machine(), "rows": rows, **extra},
+                              indent=2, default=str))
+    print(f"\nresults: {out}")
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)

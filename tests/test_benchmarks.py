@@ -1,0 +1,31 @@
+"""Each benchmark's --quick mode runs once in CI, so the scripts cannot rot."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, cli_env
+
+SCRIPTS = {
+    "bench_postprocess.py": ("postprocess", lambda r: all(row["same_output"] for row in r["rows"])),
+    "bench_tune.py": ("tune", lambda r: r["rows"][0]["speedup"] > 1),
+    "bench_predict.py": ("predict", lambda r: r["rows"][0]["predict_img_per_s"] > 0),
+    "bench_loader.py": ("loader", lambda r: r["rows"][0]["loader_img_per_s"] > 0),
+    "bench_serving.py": ("serving", lambda r: r["rows"][0]["errors"] == 0),
+    "bench_quality.py": ("quality", lambda r: 0 <= r["rows"][0]["test_dice"] <= 1),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_benchmark_quick_mode(script, tmp_path):
+    name, check = SCRIPTS[script]
+    out = tmp_path / f"{name}.json"
+    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), "--quick", "--out", str(out)],
+                         capture_output=True, text=True, env=cli_env(tmp_path), cwd=tmp_path, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["quick"] is True and result["machine"]["nproc"] >= 1
+    assert check(result), result["rows"]
