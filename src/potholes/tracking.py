@@ -101,7 +101,9 @@ def manifest_dataset(manifest: pd.DataFrame, source: str | Path):
 def log_manifest(manifest: pd.DataFrame, source: str | Path, context: str) -> str:
     """Log the manifest CSV artifact and dataset input; return the dataset digest."""
     dataset = manifest_dataset(manifest, source)
-    mlflow.log_input(dataset, context=context)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # MLflow's hint about integer columns
+        mlflow.log_input(dataset, context=context)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "manifest.csv"
         manifest.to_csv(path, index=False)
