@@ -72,7 +72,7 @@ def _preset_values(preset: str, model: str) -> dict:
     if preset == "cpu":
         # Measured on 2 cores (BENCHMARKS.md): an epoch over 202 images at 256 px costs ~62 s for
         # UNet++ and ~37 s for DeepLabV3+ (channels_last); 9 + 11 epochs leave the whole pipeline
-        # under 20 minutes. 256 px over 320 px: 1.8x cheaper for ~0.01 Dice in short runs.
+        # under 20 minutes. 320 px would cost 1.8x per epoch (UNet++), i.e. ~5 epochs in the budget.
         return dict(encoder=LITE0, encoder_weights="imagenet", img_size=256, batch_size=8,
                     epochs=9 if model == "unetpp" else 11, lr=1e-3, weight_decay=1e-4,
                     mean=LITE0_MEAN, std=LITE0_STD, num_workers=1)
