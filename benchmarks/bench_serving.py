@@ -5,10 +5,6 @@ from __future__ import annotations
 
 import base64
 import os
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,13 +13,7 @@ from pathlib import Path
 import numpy as np
 import requests
 
-from common import dataset, parser, report, untrained_checkpoints
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from common import ModelServer, dataset, parser, report, untrained_checkpoints
 
 
 def register(tmp: Path, example: Path, img_size: int) -> str:
@@ -59,25 +49,8 @@ def main() -> None:
         data = dataset(args, tmp, n_test=12)
         images = sorted((data / "test" / "images").iterdir())[: max(args.clients, 8)]
         uri = register(tmp, images[0], args.img_size)
-        port = free_port()
-        env = {**os.environ, "MLFLOW_TRACKING_URI": uri,
-               "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-        server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m",
-                                   "models:/bench-ensemble/1", "--env-manager", "local", "-h", "127.0.0.1",
-                                   "-p", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                  start_new_session=True)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.time() + 120
-            while True:
-                try:
-                    if requests.get(f"{url}/ping", timeout=1).status_code == 200:
-                        break
-                except requests.ConnectionError:
-                    pass
-                if time.time() > deadline or server.poll() is not None:
-                    raise SystemExit("server did not come up")
-                time.sleep(0.5)
+        with ModelServer("models:/bench-ensemble/1", uri) as server:
+            url = server.url
             bodies = [{"dataframe_records": [{"image": base64.b64encode(p.read_bytes()).decode()}]} for p in images]
             requests.post(f"{url}/invocations", json=bodies[0], timeout=120)  # warm-up
 
@@ -93,9 +66,6 @@ def main() -> None:
             with ThreadPoolExecutor(args.clients) as pool:
                 results = [x for chunk in pool.map(client, range(args.clients)) for x in chunk]
             wall = time.perf_counter() - start
-        finally:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=30)
 
         import mlflow
 

@@ -98,3 +98,56 @@ def _fmt(value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return "" if value is None else str(value)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ModelServer:
+    """`mlflow models serve` for ``model_uri`` on a free loopback port; a context manager that
+    waits for /ping and stops the server (and its workers) by its process group."""
+
+    def __init__(self, model_uri: str, tracking_uri: str, log_path: Path | None = None, timeout: float = 120):
+        self.model_uri, self.tracking_uri, self.log_path, self.timeout = model_uri, tracking_uri, log_path, timeout
+        self.url = ""
+
+    def __enter__(self) -> "ModelServer":
+        import subprocess
+
+        import requests
+
+        port = free_port()
+        env = {**os.environ, "MLFLOW_TRACKING_URI": self.tracking_uri,
+               "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+        self._log = open(self.log_path, "w") if self.log_path else subprocess.DEVNULL
+        self.process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", self.model_uri,
+             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+            env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + self.timeout
+        while True:
+            try:
+                if requests.get(f"{self.url}/ping", timeout=1).status_code == 200:
+                    return self
+            except requests.ConnectionError:
+                pass
+            if self.process.poll() is not None or time.time() > deadline:
+                self.__exit__(None, None, None)
+                tail = Path(self.log_path).read_text()[-2000:] if self.log_path else ""
+                raise RuntimeError(f"`mlflow models serve` did not answer /ping: {tail}")
+            time.sleep(0.5)
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+        self.process.wait(timeout=30)
+        if self.log_path:
+            self._log.close()

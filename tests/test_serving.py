@@ -1,55 +1,22 @@
 """The registered ensemble behind the real `mlflow models serve` process."""
 
 import base64
-import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import requests
 
+from common import ModelServer
+
 from potholes.ensemble import MAX_IMAGE_PIXELS
 from potholes.predict import PredictConfig, run_predict
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def server(in_smoke_store, tmp_path):
-    port = free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": in_smoke_store.uri,
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    log = open(tmp_path / "serve.log", "w")
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m",
-                             "models:/pothole-ensemble@champion", "--env-manager", "local", "-h", "127.0.0.1",
-                             "-p", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(120):
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited: {(tmp_path / 'serve.log').read_text()[-2000:]}")
-            try:
-                if requests.get(f"{url}/ping", timeout=1).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                time.sleep(0.5)
-        else:
-            raise RuntimeError("server did not answer /ping in 60 s")
-        yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # stop it (and its uvicorn workers) by PID
-        proc.wait(timeout=30)
-        log.close()
+    with ModelServer("models:/pothole-ensemble@champion", in_smoke_store.uri, tmp_path / "serve.log") as running:
+        yield running.url
 
 
 def invoke(url, body):

@@ -54,11 +54,14 @@ class EnsembleConfig:
 @torch.inference_mode()
 def tta_logits(model: torch.nn.Module, images: np.ndarray, mean, std) -> np.ndarray:
     """Flip-averaged logits of a uint8 NHWC batch: one forward of the batch and its horizontal
-    mirror together (2N images), instead of the seed's two single-image forwards per image."""
-    x = normalize_batch(images, mean, std).contiguous(memory_format=torch.channels_last)
+    mirror together (2N images), instead of the seed's two single-image forwards per image.
+    Runs where the model lives (mixed precision on CUDA)."""
+    device = next(model.parameters()).device
+    x = normalize_batch(images, mean, std).to(device).contiguous(memory_format=torch.channels_last)
     n = len(x)
-    out = model(torch.cat([x, torch.flip(x, dims=[3])]))[:, 0]
-    return ((out[:n] + torch.flip(out[n:], dims=[2])) / 2).numpy()
+    with torch.autocast(device.type, enabled=device.type == "cuda"):
+        out = model(torch.cat([x, torch.flip(x, dims=[3])]))[:, 0].float()
+    return ((out[:n] + torch.flip(out[n:], dims=[2])) / 2).cpu().numpy()
 
 
 def resize_batch(images: list[np.ndarray], size: int) -> np.ndarray:
@@ -70,7 +73,9 @@ class EnsemblePredictor:
         missing = set(MEMBERS) - set(models)
         if missing:
             raise ValueError(f"ensemble needs models {MEMBERS}, missing {sorted(missing)}")
-        self.models = {name: model.eval().to(memory_format=torch.channels_last) for name, model in models.items()}
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.models = {name: model.eval().to(device, memory_format=torch.channels_last)
+                       for name, model in models.items()}
         self.config = config
         self.batch_size = batch_size
 
