@@ -18,7 +18,7 @@ from seed_way import seed_tta_logits
 def main() -> None:
     p = parser(__doc__)
     p.add_argument("--img-size", type=int, default=256)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=2)
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         data = dataset(args, Path(tmp), n_test=12)

@@ -74,7 +74,7 @@ def main() -> None:
         predictor = mlflow.pyfunc.load_model("models:/bench-ensemble/1").unwrap_python_model().predictor
         order = [(p.name, p) for p in images]
         start = time.perf_counter()
-        predict_submission(predictor, order, batch_size=8, progress=False)
+        predict_submission(predictor, order, progress=False)
         predict_rate = len(order) / (time.perf_counter() - start)
     latencies = np.array([r[0] for r in results])
     errors = sum(1 for r in results if r[1] != 200)

@@ -79,3 +79,15 @@ def test_scaled_min_area_and_blend():
     assert pp.scaled_min_area(400, 256) == 100
     assert pp.scaled_min_area(100, 512) == 100
     np.testing.assert_allclose(pp.blend_logits(np.array([2.0]), np.array([-2.0]), 0.75), [1.0])
+
+
+def test_logit_space_threshold_matches_probability_threshold():
+    """tune thresholds blended logits at log(t/(1-t)) instead of sigmoid(blend) at t."""
+    from potholes.tune import score
+
+    rng = np.random.default_rng(0)
+    logits = {"unetpp": rng.normal(0, 3, (5, 32, 32)), "deeplab": rng.normal(0, 3, (5, 32, 32))}
+    masks = (rng.random((5, 32, 32)) < 0.3).astype(np.uint8)
+    for w, t, area in [(0.3, 0.35, 4), (1.0, 0.45, 0), (0.0, 0.3, 10)]:
+        probs = pp.sigmoid(pp.blend_logits(logits["unetpp"], logits["deeplab"], w))
+        assert score(logits, masks, w, t, area) == pytest.approx(pp.mean_dice(probs, masks, t, area), abs=1e-12)

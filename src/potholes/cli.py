@@ -143,7 +143,7 @@ def tune(ctx: click.Context, data_dir: str, **options) -> None:
 @click.option("--data-dir", default="data", show_default=True, help=DATA_DIR_HELP)
 @click.option("--model-uri", default="models:/pothole-ensemble@champion", show_default=True)
 @click.option("--output", default="submission.csv", show_default=True)
-@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", default=None, type=OPT_INT, help="images per forward (default: 2 on CPU, 16 on CUDA)")
 @click.pass_context
 def predict(ctx: click.Context, data_dir: str, model_uri: str, output: str, batch_size: int) -> None:
     """Write an RLE submission (ImageId,rle) in sample_submission order with the registered ensemble."""

@@ -94,6 +94,7 @@ def iou_score(pred: np.ndarray, truth: np.ndarray) -> float:
     return 1.0 if union == 0 else np.logical_and(pred, truth).sum() / union
 
 
-def mean_dice(probs: np.ndarray, masks: np.ndarray, threshold: float, min_area: int) -> float:
-    """Mean per-image Dice of (N,H,W) probabilities against (N,H,W) binary masks."""
-    return float(np.mean([dice_score(remove_small_components(p > threshold, min_area), m) for p, m in zip(probs, masks)]))
+def mean_dice(scores: np.ndarray, masks: np.ndarray, threshold: float, min_area: int) -> float:
+    """Mean per-image Dice of (N,H,W) scores thresholded at ``threshold`` (probabilities, or logits
+    with a logit threshold) against (N,H,W) binary masks."""
+    return float(np.mean([dice_score(remove_small_components(s > threshold, min_area), m) for s, m in zip(scores, masks)]))

@@ -20,7 +20,7 @@ DEFAULT_MODEL_URI = "models:/pothole-ensemble@champion"
 class PredictConfig:
     model_uri: str = DEFAULT_MODEL_URI
     output: str = "submission.csv"
-    batch_size: int = 8
+    batch_size: int | None = None  # None: the device's default (2 on CPU, 16 on CUDA)
 
 
 def submission_order(layout: DatasetLayout) -> list[tuple[str, Path]]:
@@ -64,7 +64,7 @@ def write_csv_atomically(frame: pd.DataFrame, output: Path) -> Path:
     return output
 
 
-def predict_submission(predictor, order: list[tuple[str, Path]], batch_size: int = 8, progress: bool = True):
+def predict_submission(predictor, order: list[tuple[str, Path]], batch_size: int | None = None, progress: bool = True):
     """Masks and RLE rows for every test image, in order.
 
     The next batch is read and decoded on a helper thread while the networks run on this one
@@ -77,6 +77,7 @@ def predict_submission(predictor, order: list[tuple[str, Path]], batch_size: int
     def read(chunk):
         return [read_image(path) for _, path in chunk]
 
+    batch_size = batch_size or predictor.batch_size
     chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     rows, masks = [], {}
     with ThreadPoolExecutor(max_workers=1) as reader:
@@ -138,13 +139,14 @@ def run_predict(data_dir: str, config: PredictConfig = PredictConfig(), progress
         raise ValueError(f"model_uri '{config.model_uri}' cannot be loaded ({exc}); run the tune entry point "
                          "first, or pass a registered version such as models:/pothole-ensemble/1") from exc
     predictor = model.unwrap_python_model().predictor
-    predictor.batch_size = config.batch_size
+    if config.batch_size:
+        predictor.batch_size = config.batch_size
 
     with tracking.stage_run("predict", run_name="predict"):
         tracking.log_params({"model_uri": config.model_uri, "data_dir": data_dir, "output": config.output,
-                           "batch_size": config.batch_size, "num_images": len(order),
+                           "batch_size": predictor.batch_size, "num_images": len(order),
                            **{f"ensemble_{k}": v for k, v in vars(predictor.config).items() if k != "members"}})
-        submission, masks = predict_submission(predictor, order, config.batch_size, progress)
+        submission, masks = predict_submission(predictor, order, progress=progress)
         output = write_csv_atomically(submission, Path(config.output))
         mlflow.log_artifact(str(output))
         result = {"output": str(output), "rows": len(submission), "empty": int((submission["rle"] == "").sum())}

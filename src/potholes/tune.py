@@ -102,8 +102,10 @@ class SearchSpace:
 
 
 def score(logits: dict[str, np.ndarray], masks: np.ndarray, w_unetpp: float, threshold: float, min_area: int) -> float:
-    probs = pp.sigmoid(pp.blend_logits(logits["unetpp"], logits["deeplab"], w_unetpp))
-    return pp.mean_dice(probs, masks, threshold, min_area)
+    """Mean per-image Dice of one trial. sigmoid(x) > t exactly when x > log(t / (1 - t)), so the
+    blend is thresholded in logit space and no trial pays for a sigmoid over the whole set."""
+    blended = pp.blend_logits(logits["unetpp"], logits["deeplab"], w_unetpp)
+    return pp.mean_dice(blended, masks, float(np.log(threshold / (1.0 - threshold))), min_area)
 
 
 def make_objective(logits: dict[str, np.ndarray], masks: np.ndarray, space: SearchSpace):
