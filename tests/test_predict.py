@@ -111,3 +111,27 @@ def test_batched_predictions_equal_one_at_a_time(in_smoke_store):
     alone = predictor.predict_masks(images)
     for a, b in zip(together, alone):
         np.testing.assert_array_equal(a, b)
+
+
+def test_request_images_are_checked_before_decoding():
+    import base64
+
+    from PIL import Image
+
+    from potholes.ensemble import MAX_IMAGE_PIXELS, decode_base64_image
+
+    def png(width, height):
+        import io
+
+        buffer = io.BytesIO()
+        Image.new("L", (width, height)).save(buffer, format="PNG")
+        return base64.b64encode(buffer.getvalue()).decode()
+
+    assert decode_base64_image(png(5, 4), 0).shape == (4, 5, 3)
+    side = int(MAX_IMAGE_PIXELS ** 0.5) + 1
+    with pytest.raises(DatasetError, match="over the limit"):
+        decode_base64_image(png(side, side), 3)
+    with pytest.raises(DatasetError, match="row 1 of column 'image': not valid base64"):
+        decode_base64_image("@@@", 1)
+    with pytest.raises(DatasetError, match="expected a base64-encoded"):
+        decode_base64_image(None, 2)

@@ -151,6 +151,8 @@ def decode_base64_image(value, row: int) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(raw)) as header:
             width, height = header.size
+    except Image.DecompressionBombError as exc:  # Pillow's own ceiling, far above ours
+        raise DatasetError(f"{where}: image is over the limit of {MAX_IMAGE_PIXELS} pixels ({exc})") from exc
     except Exception as exc:  # Pillow raises several types for non-images
         raise DatasetError(f"{where}: the bytes are not a JPEG or PNG image") from exc
     if width * height > MAX_IMAGE_PIXELS:
