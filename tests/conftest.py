@@ -27,7 +27,7 @@ def cli_env(tmp_path, **extra) -> dict:
 
 
 @pytest.fixture
-def tracking(tmp_path, monkeypatch):
+def tracking_store(tmp_path, monkeypatch):
     """A throwaway MLflow store (sqlite + ./mlruns) in a temp working directory."""
     import mlflow
 

@@ -5,7 +5,6 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from mlflow.tracking import MlflowClient
 
 from potholes.data import DatasetError, find_dataset, read_image
 from potholes.postprocess import rle_decode
@@ -76,7 +75,7 @@ def test_sample_file_problems(tmp_path, synth_data):
         submission_order(find_dataset(data))
 
 
-def test_missing_model_gives_a_clear_error(tracking, synth_data, tmp_path):
+def test_missing_model_gives_a_clear_error(tracking_store, synth_data, tmp_path):
     with pytest.raises(ValueError, match="cannot be loaded"):
         run_predict(str(synth_data), PredictConfig(model_uri="models:/nope@champion", output=str(tmp_path / "s.csv")),
                     progress=False)

@@ -1,4 +1,3 @@
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -32,9 +31,8 @@ def check_prepare_run(run_id: str, expected_pairs: int) -> dict:
     return tracking.download_json(run_id, "summary.json")
 
 
-def test_prepare_on_synthetic_data_logs_everything(tracking, synth_data, capsys):
-    tracking_mod = __import__("potholes.tracking", fromlist=["configure"])
-    tracking_mod.configure()
+def test_prepare_on_synthetic_data_logs_everything(tracking_store, synth_data, capsys):
+    tracking.configure()
     summary = run_prepare(str(synth_data), progress=False)
     run_id = mlflow.search_runs(output_format="list")[0].info.run_id
     logged = check_prepare_run(run_id, 24)
@@ -47,9 +45,8 @@ def test_prepare_on_synthetic_data_logs_everything(tracking, synth_data, capsys)
 
 
 @needs_real_data
-def test_prepare_on_real_data(tracking):
-    tracking_mod = __import__("potholes.tracking", fromlist=["configure"])
-    tracking_mod.configure()
+def test_prepare_on_real_data(tracking_store):
+    tracking.configure()
     run_prepare(str(REAL_DATA), progress=False)
     run_id = mlflow.search_runs(output_format="list")[0].info.run_id
     summary = check_prepare_run(run_id, 238)
@@ -79,7 +76,7 @@ def potholes_cli(*args, cwd, env_extra=None):
     return subprocess.run([sys.executable, "-m", "potholes", *args], capture_output=True, text=True, cwd=cwd, env=env)
 
 
-def test_cli_reports_problems_and_creates_no_run(tracking, tmp_path):
+def test_cli_reports_problems_and_creates_no_run(tracking_store, tmp_path):
     bad = tmp_path / "bad"
     make_broken_dataset(bad)
     out = potholes_cli("prepare", "--data-dir", str(bad), cwd=tmp_path)
@@ -96,7 +93,7 @@ def test_cli_reports_problems_and_creates_no_run(tracking, tmp_path):
     assert mlflow.search_runs(search_all_experiments=True).empty
 
 
-def test_zero_one_mask_is_used_not_emptied(tracking, tmp_path):
+def test_zero_one_mask_is_used_not_emptied(tracking_store, tmp_path):
     bad = tmp_path / "bad"
     make_broken_dataset(bad)
     (bad / "train" / "images" / "pothole_03.jpg").unlink()
@@ -104,8 +101,7 @@ def test_zero_one_mask_is_used_not_emptied(tracking, tmp_path):
     (bad / "train" / "mask" / "mask_2.png").unlink()
     (bad / "train" / "mask" / "mask_4.png").unlink()
     (bad / "train" / "images" / "pothole_4.jpg").unlink()
-    tracking_mod = __import__("potholes.tracking", fromlist=["configure"])
-    tracking_mod.configure()
+    tracking.configure()
     summary = run_prepare(str(bad), progress=False)
     assert summary["num_pairs"] == 3 and summary["without_pothole"] == 0
 

@@ -76,10 +76,8 @@ def interrupt_on_epoch(monkeypatch, epoch: int, exc: BaseException):
     monkeypatch.setattr(train_mod, "train_one_epoch", flaky)
 
 
-def test_interrupt_then_resume_continues_the_same_run(tracking, synth_data, monkeypatch):
-    from potholes import tracking as tracking_mod
-
-    tracking_mod.configure()
+def test_interrupt_then_resume_continues_the_same_run(tracking_store, synth_data, monkeypatch):
+    tracking.configure()
     config = resolve_config("unetpp", "smoke", epochs=3)
     interrupt_on_epoch(monkeypatch, 2, KeyboardInterrupt())
     with pytest.raises(KeyboardInterrupt):
@@ -90,7 +88,7 @@ def test_interrupt_then_resume_continues_the_same_run(tracking, synth_data, monk
     assert "checkpoints/best/model.safetensors" in artifacts(run_id)  # the best so far survives
 
     monkeypatch.undo()
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_store)
     resumed = resolve_config("unetpp", "smoke", epochs=3, resume=run_id)
     result = train_mod.run_train(resumed, str(synth_data), progress=False)
     assert result["run_id"] == run_id
@@ -100,10 +98,8 @@ def test_interrupt_then_resume_continues_the_same_run(tracking, synth_data, monk
     assert len(mlflow.search_runs(search_all_experiments=True)) == 1
 
 
-def test_resume_with_a_different_architecture_is_refused(tracking, synth_data, monkeypatch):
-    from potholes import tracking as tracking_mod
-
-    tracking_mod.configure()
+def test_resume_with_a_different_architecture_is_refused(tracking_store, synth_data, monkeypatch):
+    tracking.configure()
     interrupt_on_epoch(monkeypatch, 2, KeyboardInterrupt())
     with pytest.raises(KeyboardInterrupt):
         train_mod.run_train(resolve_config("unetpp", "smoke"), str(synth_data), progress=False)
@@ -114,10 +110,8 @@ def test_resume_with_a_different_architecture_is_refused(tracking, synth_data, m
         train_mod.run_train(resolve_config("deeplab", "smoke", resume="0" * 32), str(synth_data), progress=False)
 
 
-def test_crash_marks_the_run_failed(tracking, synth_data, monkeypatch):
-    from potholes import tracking as tracking_mod
-
-    tracking_mod.configure()
+def test_crash_marks_the_run_failed(tracking_store, synth_data, monkeypatch):
+    tracking.configure()
     interrupt_on_epoch(monkeypatch, 2, RuntimeError("disk full"))
     with pytest.raises(RuntimeError, match="disk full"):
         train_mod.run_train(resolve_config("deeplab", "smoke"), str(synth_data), progress=False)

@@ -9,8 +9,6 @@ from mlflow.tracking import MlflowClient
 
 from conftest import REAL_DATA
 from potholes import tracking
-from potholes.config import resolve_config
-from potholes.train import run_train
 from potholes.tune import CHALLENGER, CHAMPION, TuneConfig, promote, run_tune
 from test_prepare import artifacts
 
@@ -60,10 +58,8 @@ def test_registered_model_loads_by_alias_and_predicts(in_smoke_store):
     assert strict.loc[0, "pothole_pixels"] <= out.loc[0, "pothole_pixels"]
 
 
-def test_alias_moves_only_to_a_better_model(tracking):
-    from potholes import tracking as tracking_mod
-
-    tracking_mod.configure()
+def test_alias_moves_only_to_a_better_model(tracking_store):
+    tracking.configure()
     client = MlflowClient()
     client.create_registered_model("m")
     versions = []

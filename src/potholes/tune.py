@@ -242,7 +242,6 @@ def log_and_register(predictor: EnsemblePredictor, checkpoint_dirs: dict[str, Pa
 
 # ----------------------------------------------------------------------------- the stage
 def run_tune(data_dir: str, tune: TuneConfig = TuneConfig(), progress: bool = True) -> dict:
-    from potholes import plots
     from potholes.data import build_manifest
     from potholes.train import load_split
 
