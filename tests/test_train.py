@@ -144,3 +144,15 @@ def test_mlflow_run_train_entry_point(tmp_path, synth_data):
     run = mlflow.search_runs(experiment_names=["potholes"], output_format="list")[0]
     assert run.info.status == "FINISHED" and run.data.tags["model"] == "deeplab"
     assert len(MlflowClient().get_metric_history(run.info.run_id, "val_dice")) == 2
+
+
+def test_full_preset_without_weights_stops_before_any_run(tmp_path, synth_data):
+    env = cli_env(tmp_path, HF_HUB_OFFLINE="1")
+    out = subprocess.run([sys.executable, "-m", "potholes", "train", "--data-dir", str(synth_data), "--model", "deeplab",
+                          "--preset", "full"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert out.returncode == 2
+    assert "cannot load 'imagenet' weights for encoder 'resnet101'" in out.stderr
+    assert "HF_HUB_CACHE" in out.stderr and "preset=cpu" in out.stderr
+    if (tmp_path / "mlflow.db").exists():
+        mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+        assert mlflow.search_runs(search_all_experiments=True).empty
