@@ -75,7 +75,8 @@ def untrained_checkpoints(folder: Path, img_size: int) -> dict[str, Path]:
     dirs = {}
     for name in ("unetpp", "deeplab"):
         config = resolve_config(name, "cpu", img_size=img_size, encoder_weights="none")
-        dirs[name] = save_checkpoint(build_model(name, config.encoder, None), config.model_config(), folder / name)
+        dirs[name] = save_checkpoint(build_model(name, config.encoder, None).state_dict(), config.model_config(),
+                                     folder / name)
     return dirs
 
 

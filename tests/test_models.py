@@ -40,7 +40,7 @@ def test_unavailable_weights_fail_with_instructions(monkeypatch):
 def test_checkpoint_round_trip(tmp_path):
     model = build_model("unetpp", "tu-tf_efficientnet_lite0", None).eval()
     config = {"arch": "unetpp", "encoder": "tu-tf_efficientnet_lite0", "img_size": 64}
-    save_checkpoint(model, config, tmp_path / "ckpt")
+    save_checkpoint(model.state_dict(), config, tmp_path / "ckpt")
     assert (tmp_path / "ckpt" / "model.safetensors").is_file()
     loaded, loaded_config = load_checkpoint(tmp_path / "ckpt")
     x = torch.randn(1, 3, 64, 64)

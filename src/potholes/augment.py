@@ -49,9 +49,7 @@ def resize_pair(image: np.ndarray, mask: np.ndarray | None, size: int) -> tuple[
 
 def to_tensor(image: np.ndarray, mean, std) -> torch.Tensor:
     """HWC uint8 RGB -> normalised CHW float32."""
-    x = image.astype(np.float32) / 255.0
-    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+    return normalize_batch(np.ascontiguousarray(image)[None], mean, std)[0]
 
 
 def normalize_batch(images: np.ndarray, mean, std) -> torch.Tensor:

@@ -120,12 +120,8 @@ class EnsemblePredictor:
         """Binary masks at each image's own size."""
         threshold = self.config.threshold if threshold is None else threshold
         min_area = self.config.min_area if min_area is None else min_area
-        masks = []
-        for start in range(0, len(images), self.batch_size):
-            chunk = images[start:start + self.batch_size]
-            for image, prob in zip(chunk, self.probabilities(chunk)):
-                masks.append(pp.probability_to_mask(prob, threshold, min_area, image.shape[:2], self.config.resize_first))
-        return masks
+        return [pp.probability_to_mask(prob, threshold, min_area, image.shape[:2], self.config.resize_first)
+                for image, prob in zip(images, self.probabilities(images))]
 
 
 def mask_record(mask: np.ndarray) -> dict:

@@ -85,10 +85,11 @@ def build_model(arch: str, encoder: str, encoder_weights: str | None = None) -> 
     return model
 
 
-def save_checkpoint(model: torch.nn.Module, model_config: dict, folder: str | Path) -> Path:
+def save_checkpoint(state_dict: dict[str, torch.Tensor], model_config: dict, folder: str | Path) -> Path:
+    """Write a model's ``state_dict()`` and its config as a checkpoint folder."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
     save_file(state, folder / "model.safetensors")
     (folder / "model_config.json").write_text(json.dumps(model_config, indent=2))
     return folder

@@ -107,20 +107,18 @@ def score_against_masks(layout: DatasetLayout, order, masks: dict[str, np.ndarra
         truth = read_mask(truth_path)
         pred = masks[image_id]
         records.append({"ImageId": image_id, "dice": pp.dice_score(pred, truth), "iou": pp.iou_score(pred, truth),
-                        "true_pixels": int(truth.sum()), "predicted_pixels": int(pred.sum())})
+                        "true_pixels": int(truth.sum()), "predicted_pixels": int(pred.sum()),
+                        "image_path": str(path), "mask_path": str(truth_path)})
     return pd.DataFrame(records) if records else None
 
 
-def worst_overlays(layout: DatasetLayout, order, masks, scores: pd.DataFrame, count: int = 8):
+def worst_overlays(masks, scores: pd.DataFrame, count: int = 8):
     from potholes import plots
-    from potholes.data import file_number
 
-    paths = dict(order)
-    truth_files = {file_number(p): p for p in list_images(layout.test_masks)}
     panels = []
     for row in scores.nsmallest(count, "dice").itertuples():
-        image = read_image(paths[row.ImageId])
-        truth = read_mask(truth_files[file_number(paths[row.ImageId])])
+        image = read_image(Path(row.image_path))
+        truth = read_mask(Path(row.mask_path))
         panels.append((f"{row.ImageId} truth", plots.overlay(image, truth, color=(0, 255, 0))))
         panels.append((f"dice {row.dice:.2f} prediction", plots.overlay(image, masks[row.ImageId])))
     return plots.overlay_grid(panels, columns=4)
@@ -158,7 +156,7 @@ def run_predict(data_dir: str, config: PredictConfig = PredictConfig(), progress
                 per_image = Path(tmp) / "test_scores.csv"
                 scores.to_csv(per_image, index=False)
                 mlflow.log_artifact(str(per_image))
-            tracking.log_figure(worst_overlays(layout, order, masks, scores), "plots/worst_test_images.png")
+            tracking.log_figure(worst_overlays(masks, scores), "plots/worst_test_images.png")
         mlflow.log_metrics({"rows": result["rows"], "empty_masks": result["empty"]})
     print(f"wrote {result['rows']} rows to {output} ({result['empty']} empty masks)"
           + (f"; test Dice {result['test_dice']:.4f}, IoU {result['test_iou']:.4f}" if scores is not None else ""))

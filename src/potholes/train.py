@@ -230,8 +230,7 @@ def _log_epoch(config: TrainConfig):
         mlflow.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
         with tempfile.TemporaryDirectory() as tmp:
             if improved:  # the best checkpoint is safe on the store as soon as it exists
-                best = copy.deepcopy(state.model).cpu()
-                folder = save_checkpoint(best, config.model_config() | {"epoch": epoch, "val_dice": metrics["val_dice"]},
+                folder = save_checkpoint(state.best_state, config.model_config() | {"epoch": epoch, "val_dice": metrics["val_dice"]},
                                          Path(tmp) / "best")
                 mlflow.log_artifacts(str(folder), "checkpoints/best")
                 mlflow.log_metrics({"best_val_dice": metrics["val_dice"], "best_epoch": epoch}, step=epoch)

@@ -278,13 +278,12 @@ def run_tune(data_dir: str, tune: TuneConfig = TuneConfig(), progress: bool = Tr
             tracking.log_manifest(prepared.manifest, prepared.layout.root, context="tuning")
             base = baselines(logits, val_masks)
             mlflow.log_metrics(base)
-            trial_logger = log_trial
             # Trials finished by an interrupted earlier process are logged under this parent too,
             # so one parent shows the whole study.
             for finished in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
-                trial_logger(study, finished)
+                log_trial(study, finished)
             ran = run_study(study, make_objective(logits, val_masks, space), tune.n_trials,
-                            [trial_logger, *tune.extra_callbacks], space)
+                            [log_trial, *tune.extra_callbacks], space)
 
             best = study.best_trial
             mlflow.log_params({f"best_{k}": v for k, v in best.params.items()})
