@@ -21,7 +21,7 @@ def register(tmp: Path, example: Path, img_size: int) -> str:
 
     from potholes import tracking
     from potholes.ensemble import EnsembleConfig, EnsemblePredictor
-    from potholes.tune import TuneConfig, log_and_register
+    from potholes.registry import log_and_register
 
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     os.environ["MLFLOW_TRACKING_URI"] = uri
@@ -31,7 +31,7 @@ def register(tmp: Path, example: Path, img_size: int) -> str:
     predictor = EnsemblePredictor.from_checkpoints(dirs, EnsembleConfig(img_size=img_size, min_area=25))
     base = {f"baseline_{k}_dice": 0.0 for k in ("unetpp", "deeplab", "blend50")}
     with mlflow.start_run(run_name="bench-serving"):
-        log_and_register(predictor, dirs, example, TuneConfig(registered_model="bench-ensemble"), 0.0, base, "bench",
+        log_and_register(predictor, dirs, example, "bench-ensemble", 0.0, base, "bench",
                          {"unetpp": "-", "deeplab": "-"})
     return uri
 

@@ -9,7 +9,8 @@ from mlflow.tracking import MlflowClient
 
 from conftest import REAL_DATA
 from potholes import tracking
-from potholes.tune import CHALLENGER, CHAMPION, TuneConfig, promote, run_tune
+from potholes.registry import CHALLENGER, CHAMPION, promote
+from potholes.tune import TuneConfig, run_tune
 from test_prepare import artifacts
 
 

@@ -7,7 +7,6 @@ The seed re-ran both networks over the validation set in every trial.
 
 from __future__ import annotations
 
-import importlib.metadata
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -23,8 +22,7 @@ from mlflow.tracking import MlflowClient
 from potholes import postprocess as pp
 from potholes import tracking
 from potholes.ensemble import MEMBERS, EnsembleConfig, EnsemblePredictor
-
-CHAMPION, CHALLENGER = "champion", "challenger"
+from potholes.registry import log_and_register
 
 
 @dataclass(frozen=True)
@@ -167,79 +165,6 @@ def log_study_plots(study: optuna.Study) -> None:
             print(f"note: no param-importance plot ({exc})")
 
 
-# ----------------------------------------------------------------------------- registry
-def promote(registered_model: str, version: str, val_dice: float) -> str:
-    """``champion`` moves to the new version only when it beats the current champion's Dice."""
-    client = MlflowClient()
-    try:
-        current = client.get_model_version_by_alias(registered_model, CHAMPION)
-    except MlflowException:
-        current = None
-    if current is None or val_dice > float(current.tags.get("val_dice", "-inf")):
-        client.set_registered_model_alias(registered_model, CHAMPION, version)
-        return CHAMPION
-    client.set_registered_model_alias(registered_model, CHALLENGER, version)
-    return CHALLENGER
-
-
-def pinned_requirements() -> list[str]:
-    """The package's own exact pins, so the served model's environment matches training's."""
-    requirements = importlib.metadata.requires("potholes") or []
-    return [r for r in requirements if "extra ==" not in r]
-
-
-def model_card(config: EnsembleConfig, val_dice: float, base: dict, digest: str, runs: dict) -> str:
-    members = ", ".join(f"{name}: {config.members[name]['encoder']} @ {config.members[name]['img_size']}px "
-                        f"(run {runs[name]})" for name in MEMBERS)
-    return (f"Pothole segmentation ensemble (UNet++ + DeepLabV3+, logit blend, horizontal-flip TTA).\n"
-            f"Data: manifest digest {digest}. Models: {members}.\n"
-            f"Tuned: w_unetpp={config.w_unetpp:.3f}, threshold={config.threshold:.3f}, "
-            f"min_area={config.min_area}px at {config.img_size}px.\n"
-            f"Validation Dice {val_dice:.4f} (UNet++ alone {base['baseline_unetpp_dice']:.4f}, "
-            f"DeepLabV3+ alone {base['baseline_deeplab_dice']:.4f}, 50/50@0.4 {base['baseline_blend50_dice']:.4f}).\n"
-            f"Input: DataFrame column 'image' = base64 JPEG/PNG; output: rle, height, width, pothole_pixels, "
-            f"pothole_fraction, num_potholes; params threshold, min_area.")
-
-
-def log_and_register(predictor: EnsemblePredictor, checkpoint_dirs: dict[str, Path], example_image: Path,
-                     tune: TuneConfig, val_dice: float, base: dict, digest: str, runs: dict) -> dict:
-    import base64
-
-    import pandas as pd
-    from mlflow.models import infer_signature
-
-    from potholes.data import read_image
-    from potholes.ensemble import mask_record
-
-    config = predictor.config
-    with tempfile.TemporaryDirectory() as tmp:
-        config_path = config.save(Path(tmp) / "ensemble_config.json")
-        example = pd.DataFrame({"image": [base64.b64encode(example_image.read_bytes()).decode("ascii")]})
-        output = pd.DataFrame([mask_record(predictor.predict_masks([read_image(example_image)])[0])])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # MLflow's hint on integer output columns
-            signature = infer_signature(example, output, params={"threshold": float(config.threshold),
-                                                                 "min_area": int(config.min_area)})
-            info = mlflow.pyfunc.log_model(
-                name="ensemble",
-                python_model=str(Path(__file__).with_name("serving_model.py")),
-                artifacts={"ensemble_config": str(config_path), **{n: str(d) for n, d in checkpoint_dirs.items()}},
-                code_paths=[str(Path(__file__).parent)],
-                signature=signature,
-                input_example=example,
-                pip_requirements=pinned_requirements(),
-                registered_model_name=tune.registered_model,
-            )
-    version = str(info.registered_model_version)
-    client = MlflowClient()
-    for key, value in {"val_dice": f"{val_dice:.6f}", "dataset_digest": digest,
-                       "unetpp_run": runs["unetpp"], "deeplab_run": runs["deeplab"]}.items():
-        client.set_model_version_tag(tune.registered_model, version, key, value)
-    client.update_model_version(tune.registered_model, version, description=model_card(config, val_dice, base, digest, runs))
-    alias = promote(tune.registered_model, version, val_dice)
-    return {"version": version, "alias": alias, "model_uri": info.model_uri}
-
-
 # ----------------------------------------------------------------------------- the stage
 def run_tune(data_dir: str, tune: TuneConfig = TuneConfig(), progress: bool = True) -> dict:
     from potholes.data import build_manifest
@@ -295,7 +220,7 @@ def run_tune(data_dir: str, tune: TuneConfig = TuneConfig(), progress: bool = Tr
             predictor.config.threshold = float(best.params["threshold"])
             predictor.config.min_area = int(best.params["min_area"])
             example = prepared.layout.root / prepared.manifest[prepared.manifest["split"] == "val"].iloc[0]["image_path"]
-            registered = log_and_register(predictor, dirs, example, tune, best.value, base, digest, runs)
+            registered = log_and_register(predictor, dirs, example, tune.registered_model, best.value, base, digest, runs)
             mlflow.set_tags({"registered_model": tune.registered_model, "registered_version": registered["version"],
                              "alias": registered["alias"]})
             print(f"tuned val Dice {best.value:.4f} (UNet++ {base['baseline_unetpp_dice']:.4f}, DeepLabV3+ "
