@@ -28,7 +28,7 @@ def main() -> None:
         data = dataset(args, Path(tmp), n_train=48)
         prepared = build_manifest(data, progress=False)
         images, masks = load_split(prepared.layout.root, prepared.manifest, "train", config.img_size, progress=False)
-        loader = make_loader(SegmentationDataset(images, masks, config.mean, config.std, augment.train_transform()),
+        loader = make_loader(SegmentationDataset(images, masks, config.mean, config.std, augment.train_transform(config.seed), config.seed),
                              config, train=True)
         iterator = iter(loader)
         next(iterator)  # worker start-up is paid once per run (persistent workers)

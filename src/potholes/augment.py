@@ -11,6 +11,7 @@ Images are resized once when the dataset is cached, so these pipelines work at m
 from __future__ import annotations
 
 import math
+import random
 
 import albumentations as A
 import cv2
@@ -20,8 +21,8 @@ import torch
 GAUSS_NOISE_STD_RANGE = (math.sqrt(4) / 255, math.sqrt(15) / 255)
 
 
-def train_transform() -> A.Compose:
-    return A.Compose([
+def train_transform(seed: int = 0) -> A.Compose:
+    transform = A.Compose([
         A.HorizontalFlip(p=0.5),
         A.Affine(scale=(0.97, 1.05), translate_percent=(0.0, 0.03), rotate=(-2.0, 2.0), shear=(-1.5, 1.5),
                  interpolation=cv2.INTER_LINEAR, border_mode=cv2.BORDER_REFLECT_101, p=0.4),
@@ -36,7 +37,30 @@ def train_transform() -> A.Compose:
             A.GaussianBlur(blur_limit=(3, 3)),
             A.GaussNoise(std_range=GAUSS_NOISE_STD_RANGE),
         ], p=0.15),
-    ], seed=None)
+    ])
+    seed_transform(transform, seed)
+    return transform
+
+
+def seed_transform(transform: A.BaseCompose, seed: int | np.random.SeedSequence) -> None:
+    """Give a whole pipeline one random stream derived from ``seed``.
+
+    Global seeds do not reach albumentations 2: each Compose owns its generators. Its own
+    ``set_random_seed`` hands every child transform the *same* seed, so every child draws the
+    same numbers (HorizontalFlip and Affine would apply together, always); ``set_random_state``
+    shares one stream instead, through nested OneOf/Compose too.
+    """
+    sequence = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
+    transform.set_random_state(np.random.default_rng(sequence), random.Random(int(sequence.generate_state(1)[0])))
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> np.random.SeedSequence:
+    """The augmentation stream of one sample in one epoch.
+
+    Keyed by (seed, epoch, index) rather than by worker, so a sample gets the same augmentation
+    whichever worker draws it, however many workers there are, and after a resume.
+    """
+    return np.random.SeedSequence([seed, epoch, index])
 
 
 def resize_pair(image: np.ndarray, mask: np.ndarray | None, size: int) -> tuple[np.ndarray, np.ndarray | None]:

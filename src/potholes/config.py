@@ -44,6 +44,7 @@ class TrainConfig:
     val_threshold: float = 0.4
     num_workers: int = 1
     seed: int = 42
+    deterministic: bool = False  # CUDA only: deterministic kernels, no cuDNN autotuning (slower)
     mean: tuple[float, float, float] = LITE0_MEAN
     std: tuple[float, float, float] = LITE0_STD
     val_fraction: float = 0.15

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from potholes import augment
 from potholes.config import TrainConfig
@@ -45,45 +45,76 @@ def load_split(root: Path, manifest: pd.DataFrame, split: str, img_size: int, pr
 
 
 class SegmentationDataset(Dataset):
-    def __init__(self, images: np.ndarray, masks: np.ndarray, mean, std, transform=None):
-        self.images, self.masks, self.mean, self.std, self.transform = images, masks, mean, std, transform
+    """Cached uint8 arrays in, normalised tensors out.
+
+    With a transform, items are fetched by ``(epoch, index)`` keys from `EpochSampler`, and the
+    transform is re-seeded from (seed, epoch, index) before each sample: augmentations then
+    depend on nothing else (worker count, which worker, where a resumed run restarted).
+    """
+
+    def __init__(self, images: np.ndarray, masks: np.ndarray, mean, std, transform=None, seed: int = 0):
+        self.images, self.masks, self.mean, self.std = images, masks, mean, std
+        self.transform, self.seed = transform, seed
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, key):
+        epoch, index = key if isinstance(key, tuple) else (0, key)
         image, mask = self.images[index], self.masks[index]
         if self.transform is not None:
+            augment.seed_transform(self.transform, augment.sample_seed(self.seed, epoch, index))
             out = self.transform(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
         return augment.to_tensor(image, self.mean, self.std), torch.from_numpy(np.ascontiguousarray(mask)).float()[None]
 
 
+class EpochSampler(DistributedSampler):
+    """torch's DistributedSampler (a permutation from seed + epoch, this rank's share of it) that
+    yields ``(epoch, index)`` keys, so each worker knows which epoch a sample belongs to.
+
+    Order and augmentations are functions of (seed, epoch): a resumed run replays epoch k
+    exactly as a straight run would. ``set_epoch`` must be called before each epoch.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int, rank: int = 0, world_size: int = 1):
+        super().__init__(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
+
+    def __iter__(self):
+        return ((self.epoch, index) for index in super().__iter__())
+
+
 def _worker_init(_: int) -> None:
+    from torch.utils.data import get_worker_info
+
     # One OpenCV thread per worker so augmentation does not fight the training step for the cores.
     cv2.setNumThreads(1)
+    # Spawned workers would otherwise all start from the same global random state. Each gets
+    # torch's per-worker seed (drawn from the loader's seeded generator) for any global draw;
+    # the augmentation pipeline is re-seeded per sample in SegmentationDataset.
+    seed_everything(get_worker_info().seed % 2**32)
 
 
-def make_loader(dataset: Dataset, config: TrainConfig, train: bool) -> DataLoader:
+def make_loader(dataset: Dataset, config: TrainConfig, train: bool, rank: int = 0, world_size: int = 1) -> DataLoader:
     """Training batches come from worker processes; validation (no augmentation) needs none.
 
     Workers are spawned, not forked: OpenCV's thread pool, used by the parent while decoding,
     deadlocks in a forked child. Persistent workers pay the start-up once per run.
     """
     workers = config.num_workers if train else 0
-    generator = torch.Generator().manual_seed(config.seed)
+    sampler = EpochSampler(dataset, config.seed, rank, world_size) if train else None
     return DataLoader(
         dataset,
         batch_size=config.batch_size if train else config.batch_size * 2,
-        shuffle=train,
-        drop_last=train and len(dataset) > config.batch_size,
+        sampler=sampler,
+        drop_last=train and len(dataset) // world_size > config.batch_size,
         num_workers=workers,
         persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None,
         worker_init_fn=_worker_init if workers > 0 else None,
         multiprocessing_context="spawn" if workers > 0 else None,
         pin_memory=torch.cuda.is_available(),
-        generator=generator,
+        generator=torch.Generator().manual_seed(config.seed),
     )
 
 
@@ -106,8 +137,18 @@ def dice_per_image(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- loops
-def device_for_training() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def device_for_training(deterministic: bool = False) -> torch.device:
+    """CUDA when present. On CPU the same seed already gives the same run; on CUDA that needs
+    ``deterministic``: deterministic kernels (error on ops that have none), no cuDNN autotuner,
+    and cuBLAS' fixed workspace; it costs speed, so it is off by default there."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = not deterministic
+        torch.backends.cudnn.deterministic = deterministic
+        if deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
+    return device
 
 
 @torch.inference_mode()
@@ -199,6 +240,10 @@ def fit(config: TrainConfig, state: TrainState, train_loader, val_loader, device
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
     for epoch in range(state.epoch + 1, config.epochs + 1):
         start = time.perf_counter()
+        # Everything random in epoch k is a function of (seed, k): data order, augmentations and
+        # the model's own draws (DeepLabV3+'s dropout), so a resumed run replays it exactly.
+        train_loader.sampler.set_epoch(epoch)
+        torch.manual_seed(config.seed * 1_000_003 + epoch)
         lr = state.optimizer.param_groups[0]["lr"]
         metrics = train_one_epoch(state.model, train_loader, state.optimizer, loss_fn, device, scaler, progress)
         metrics |= evaluate(state.model, val_loader, loss_fn, config.val_threshold, device)
@@ -269,14 +314,15 @@ def run_train(config: TrainConfig, data_dir: str, progress: bool = True) -> dict
     from potholes.data import build_manifest
 
     print("resolved config:", ", ".join(f"{k}={v}" for k, v in config.as_params().items()), flush=True)
-    device = device_for_training()
+    device = device_for_training(config.deterministic)
     state = init_state(config, device)  # fails here, before any run, when weights are unavailable
     prepared = build_manifest(data_dir, config.val_fraction, config.split_seed, progress=progress)
     root, manifest = prepared.layout.root, prepared.manifest
     train_images, train_masks = load_split(root, manifest, "train", config.img_size, progress)
     val_images, val_masks = load_split(root, manifest, "val", config.img_size, progress)
     train_loader = make_loader(SegmentationDataset(train_images, train_masks, config.mean, config.std,
-                                                   augment.train_transform()), config, train=True)
+                                                   augment.train_transform(config.seed), config.seed),
+                               config, train=True)
     val_loader = make_loader(SegmentationDataset(val_images, val_masks, config.mean, config.std), config, train=False)
 
     run_id = None

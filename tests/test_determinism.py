@@ -1,0 +1,89 @@
+"""Same data + same params + same seed = same run, on CPU, whatever the worker count."""
+
+import albumentations as A
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from potholes import augment, tracking
+from potholes import train as train_mod
+from potholes.config import resolve_config
+
+
+def road_image(size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+    mask = np.zeros((size, size), np.uint8)
+    mask[10:30, 20:50] = 1
+    return image, mask
+
+
+def test_pipeline_children_share_one_stream_not_one_seed():
+    """albumentations' own set_random_seed gives every child the same seed, so all children draw
+    the same first number: HorizontalFlip (p=0.5) and Affine (p=0.4) would fire together."""
+    flip, affine = A.HorizontalFlip(p=0.5), A.Affine(rotate=(-2, 2), p=0.4)
+    pipeline = A.Compose([flip, affine])
+    decisions = []
+    for seed in range(200):
+        augment.seed_transform(pipeline, seed)
+        decisions.append((flip.py_random.random() < 0.5, affine.py_random.random() < 0.4))
+    assert len(set(decisions)) == 4  # all four combinations occur: the draws are not tied
+    assert flip.py_random is affine.py_random is pipeline.py_random  # one stream, nested ones too
+    nested = augment.train_transform(1)
+    one_of = next(t for t in nested.transforms if isinstance(t, A.OneOf))
+    assert one_of.transforms[0].random_generator is nested.random_generator
+
+
+def test_augmentation_is_a_function_of_seed_epoch_and_index():
+    image, mask = road_image()
+    dataset = train_mod.SegmentationDataset(np.stack([image] * 4), np.stack([mask] * 4), (0.5,) * 3, (0.5,) * 3,
+                                            augment.train_transform(7), seed=7)
+    first = [dataset[(1, i)][0] for i in range(4)]
+    again = [dataset[(1, i)][0] for i in range(4)]
+    for a, b in zip(first, again):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # the same image at different indices or epochs is augmented differently
+    assert not torch.equal(first[0], first[1])
+    assert not torch.equal(first[0], dataset[(2, 0)][0])
+
+
+def collect(loader, epoch: int) -> list[torch.Tensor]:
+    loader.sampler.set_epoch(epoch)
+    return [images[0] for images, _ in loader]
+
+
+def test_two_workers_draw_different_augmentations_and_match_one_process():
+    image, mask = road_image()
+    n = 8
+    dataset = train_mod.SegmentationDataset(np.stack([image] * n), np.stack([mask] * n), (0.5,) * 3, (0.5,) * 3,
+                                            augment.train_transform(3), seed=3)
+    config = resolve_config("unetpp", "smoke", batch_size=1, num_workers=2, seed=3)
+    two = collect(train_mod.make_loader(dataset, config, train=True), epoch=1)
+    # batches alternate between the two workers: items 0 and 1 are each worker's first draw,
+    # which were identical when every spawned worker started from the same state
+    assert not torch.equal(two[0], two[1])
+    distinct = {t.numpy().tobytes() for t in two}
+    assert len(distinct) >= n - 1  # identical images, (almost) all augmented differently
+    single = collect(train_mod.make_loader(dataset, resolve_config("unetpp", "smoke", batch_size=1, num_workers=0,
+                                                                   seed=3), train=True), epoch=1)
+    for a, b in zip(two, single):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def curves(run_id: str) -> dict[str, list[float]]:
+    client = MlflowClient()
+    return {key: [m.value for m in client.get_metric_history(run_id, key)] for key in ("train_loss", "val_loss", "val_dice")}
+
+
+@pytest.mark.slow
+def test_same_seed_same_curves_with_two_workers_another_seed_differs(tracking_store, synth_data):
+    tracking.configure()
+    runs = []
+    for seed in (11, 11, 12):
+        config = resolve_config("deeplab", "smoke", epochs=2, num_workers=2, seed=seed)
+        runs.append(curves(train_mod.run_train(config, str(synth_data), progress=False)["run_id"]))
+    for key in runs[0]:
+        assert len(runs[0][key]) == 2
+        np.testing.assert_allclose(runs[0][key], runs[1][key], rtol=0, atol=1e-6, err_msg=key)
+    assert not np.allclose(runs[0]["train_loss"], runs[2]["train_loss"], rtol=0, atol=1e-6)
