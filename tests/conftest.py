@@ -10,6 +10,8 @@ os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))  # the seed's reference implementations live there
 
+from pg import postgres_server, postgres_url  # noqa: E402,F401  fixtures: a throwaway PostgreSQL (tests/pg.py)
+
 REAL_DATA = Path(os.environ.get("POTHOLES_REAL_DATA", REPO.parent / "shared" / "data" / "potholes"))
 needs_real_data = pytest.mark.skipif(
     not (REAL_DATA / "train" / "images").is_dir(),
