@@ -80,11 +80,82 @@ def test_mask_binarisation_rule():
     assert data.binarize_mask(np.array([[0, 255]], np.uint8)).tolist() == [[0, 1]]
     # 0/1 masks are detected instead of turning all-empty (the seed's == 255 rule)
     assert data.binarize_mask(np.array([[0, 1]], np.uint8)).tolist() == [[0, 1]]
-    with pytest.warns(UserWarning, match="other than 0/255"):
-        assert data.binarize_mask(np.array([[0, 127, 128, 255]], np.uint8)).tolist() == [[0, 0, 1, 1]]
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        data.binarize_mask(np.array([[0, 255, 255]], np.uint8))
+    assert data.binarize_mask(np.array([[0, 127, 128, 255]], np.uint8)).tolist() == [[0, 0, 1, 1]]
+    assert data.mask_notes(np.array([[0, 127, 128, 255]], np.uint8)) == [
+        ("mask values other than 0/255 (binarised with > 127)", "2 pixel(s) with values other than 0/255")]
+    assert data.mask_notes(np.array([[0, 1]], np.uint8))[0][0].startswith("0/1 mask")
+    assert data.mask_notes(np.array([[0, 255, 255]], np.uint8)) == []
+
+
+def test_every_problem_of_a_folder_in_one_report(tmp_path):
+    """A corrupt JPEG, a truncated one, two images sharing a number, an unnumbered file, a mask of
+    another size, a corrupt mask, an unpaired image and mask, a JPEG mask, a 0/1 mask and a mask
+    with grey values: one error lists every file, grouped by kind, with counts."""
+    for n in range(1, 12):
+        write_pair(tmp_path, n)
+    images, masks = tmp_path / "train" / "images", tmp_path / "train" / "mask"
+    (images / "pothole_1.jpg").write_bytes(b"not a jpeg at all")
+    jpeg = (images / "pothole_2.jpg").read_bytes()
+    (images / "pothole_2.jpg").write_bytes(jpeg[:-8])  # a truncated download
+    write_pair(tmp_path, 3, image_name="pothole_003.png", mask_name="mask_3.png")
+    write_pair(tmp_path, 0, image_name="road.jpg", mask_name="mask_0.png")
+    write_pair(tmp_path, 4, mask=np.zeros((20, 20), np.uint8))
+    (masks / "mask_5.png").write_bytes(b"\x89PNG broken")
+    (masks / "mask_6.png").unlink()
+    write_pair(tmp_path, 99, mask_name="mask_99.png")
+    (images / "pothole_99.jpg").unlink()
+    (masks / "mask_7.png").unlink()
+    cv2.imwrite(str(masks / "mask_7.jpg"), np.where(np.arange(40)[None, :].repeat(32, 0) > 20, 255, 0).astype(np.uint8))
+    zero_one = np.zeros((32, 40), np.uint8)
+    zero_one[2:9, 3:8] = 1
+    cv2.imwrite(str(masks / "mask_8.png"), zero_one)
+    grey = np.zeros((32, 40), np.uint8)
+    grey[4:12, 4:14] = 200
+    grey[5, 5] = 90
+    cv2.imwrite(str(masks / "mask_9.png"), grey)
+
+    with pytest.raises(DatasetError) as err:
+        data.build_manifest(tmp_path, progress=False)
+    message = str(err.value)
+    assert "6 problem(s) of 4 kind(s)" in message, message
+    expected = {
+        "unreadable or corrupt image (3):": ["images/pothole_1.jpg", "images/pothole_2.jpg: is not a readable",
+                                             "mask/mask_5.png"],
+        "two files share a number (1):": ["'pothole_003.png' and 'pothole_3.jpg'"],
+        "no number in the file name to pair it by (1):": ["images/road.jpg"],
+        "image and mask sizes differ (1):": ["image 'pothole_4.jpg' is 40x32 but mask 'mask_4.png' is 20x20"],
+        "image without a mask (skipped) (1):": ["images/pothole_6.jpg"],
+        "mask without an image (skipped) (2):": ["mask/mask_0.png", "mask/mask_99.png"],
+        "JPEG mask (lossy; binarised with > 127) (1):": ["mask/mask_7.jpg"],
+        "0/1 mask (used as is: 1 = pothole) (1):": ["mask/mask_8.png"],
+        "mask values other than 0/255 (binarised with > 127) (2):": ["mask/mask_7.jpg", "mask/mask_9.png"],
+    }
+    for header, files in expected.items():
+        assert header in message, (header, message)
+        for name in files:
+            assert name in message, (name, message)
+    assert "and 7 warning(s):" in message
+    assert message.index("problem(s)") < message.index("sizes differ") < message.index("warning(s)")
+
+
+def test_empty_folders_are_reported_together(tmp_path):
+    (tmp_path / "train" / "images").mkdir(parents=True)
+    (tmp_path / "train" / "mask").mkdir(parents=True)
+    with pytest.raises(DatasetError) as err:
+        data.build_manifest(tmp_path, progress=False)
+    message = str(err.value)
+    assert "empty folder (2):" in message and "images: no .jpg/.jpeg/.png files" in message
+    assert "mask: no .jpg/.jpeg/.png files" in message
+
+
+def test_several_datasets_under_data_dir_are_listed_not_guessed(tmp_path):
+    write_pair(tmp_path / "roads_a", 1)
+    write_pair(tmp_path / "roads_b", 1)
+    with pytest.raises(DatasetError) as err:
+        data.find_dataset(tmp_path)
+    assert "holds 2 datasets" in str(err.value)
+    assert str(tmp_path / "roads_a") in str(err.value) and str(tmp_path / "roads_b") in str(err.value)
+    assert data.find_dataset(tmp_path / "roads_a").root == tmp_path / "roads_a"
 
 
 def test_scan_collects_corrupt_files_and_size_mismatches_together(tmp_path):
@@ -97,7 +168,7 @@ def test_scan_collects_corrupt_files_and_size_mismatches_together(tmp_path):
     with pytest.raises(DatasetError) as err:
         data.build_manifest(tmp_path, progress=False)
     message = str(err.value)
-    assert "3 problem(s)" in message
+    assert "3 problem(s) of 2 kind(s)" in message
     assert "pothole_3.jpg" in message and "mask_4.png" in message
     assert "size mismatch: image 'pothole_2.jpg' is 40x32 but mask 'mask_2.png' is 20x20" in message
 

@@ -19,25 +19,18 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
+from potholes import problems as kinds
+from potholes.images import (  # noqa: F401 (re-exported: the data layer's public readers)
+    MASK_THRESHOLD, UnreadableImage, binarize_mask, decode_image, mask_notes, read_image, read_mask, read_raw_mask)
+from potholes.problems import DatasetError, Problem, ProblemReport
+
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png"}
 MASK_DIR_NAMES = ("mask", "masks")
-# Documented binarisation rule: a pixel is pothole when its value is > 127 (0/255 masks);
-# masks whose maximum is 1 are 0/1 masks and use > 0 instead.
-MASK_THRESHOLD = 127
 
 SYNTH_HINT = (
     "Point --data-dir (MLflow: -P data_dir=...) at the unpacked competition download, "
     "or generate a synthetic dataset with `potholes synth data/demo`."
 )
-
-
-class DatasetError(ValueError):
-    """A dataset problem a user must fix; the message lists every problem found."""
-
-    def __init__(self, problems: list[str] | str, where: Path | str | None = None):
-        self.problems = [problems] if isinstance(problems, str) else list(problems)
-        head = f"{len(self.problems)} problem(s) in {where}:" if where else "dataset problem:"
-        super().__init__("\n  - ".join([head, *self.problems]))
 
 
 @dataclass(frozen=True)
@@ -57,28 +50,39 @@ def _mask_dir(parent: Path) -> Path | None:
     return None
 
 
+def _layout(root: Path) -> DatasetLayout:
+    train, test = root / "train", root / "test"
+    sample = root / "sample_submission.csv"
+    return DatasetLayout(
+        root=root,
+        train_images=train / "images",
+        train_masks=_mask_dir(train),
+        test_images=test / "images" if (test / "images").is_dir() else None,
+        test_masks=_mask_dir(test) if test.is_dir() else None,
+        sample_submission=sample if sample.is_file() else None,
+    )
+
+
 def find_dataset(data_dir: str | Path) -> DatasetLayout:
     """Locate the dataset root under ``data_dir`` (itself, ``dataset/``, ``dataset/dataset/``, or
-    any folder up to two levels down holding ``train/images``)."""
+    any folder up to two levels down holding ``train/images``). Several datasets are an error
+    that lists them all, rather than a silent pick of the first."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise DatasetError(f"data_dir '{data_dir}' does not exist or is not a folder. {SYNTH_HINT}")
     candidates = [data_dir, data_dir / "dataset", data_dir / "dataset" / "dataset"]
     candidates += sorted(p.parent.parent for p in data_dir.glob("*/train/images"))
     candidates += sorted(p.parent.parent for p in data_dir.glob("*/*/train/images"))
+    roots: dict[Path, Path] = {}
     for root in candidates:
-        train = root / "train"
-        if (train / "images").is_dir() and _mask_dir(train) is not None:
-            test = root / "test"
-            sample = root / "sample_submission.csv"
-            return DatasetLayout(
-                root=root,
-                train_images=train / "images",
-                train_masks=_mask_dir(train),
-                test_images=test / "images" if (test / "images").is_dir() else None,
-                test_masks=_mask_dir(test) if test.is_dir() else None,
-                sample_submission=sample if sample.is_file() else None,
-            )
+        if (root / "train" / "images").is_dir() and _mask_dir(root / "train") is not None:
+            roots.setdefault(root.resolve(), root)
+    if len(roots) > 1:
+        listed = "\n  - ".join(str(root) for root in roots.values())
+        raise DatasetError(f"data_dir '{data_dir}' holds {len(roots)} datasets; pass the one to use as "
+                           f"data_dir (MLflow: -P data_dir=...):\n  - {listed}")
+    if roots:
+        return _layout(next(iter(roots.values())))
     raise DatasetError(
         f"no dataset under '{data_dir}': expected train/images and train/mask (or train/masks), "
         f"directly or nested as dataset/dataset/. {SYNTH_HINT}"
@@ -103,99 +107,47 @@ class Pairing:
     masks_without_image: list[Path] = field(default_factory=list)
 
 
-def _index_by_number(files: list[Path], kind: str, problems: list[str]) -> dict[str, Path]:
+def _index_by_number(files: list[Path], kind: str, report: ProblemReport) -> dict[str, Path]:
     index: dict[str, Path] = {}
     for path in files:
         number = file_number(path)
         if number is None:
-            problems.append(f"{kind} '{path.name}' has no number in its name to pair it by")
+            report.error(kinds.NO_NUMBER, path, f"{kind} '{path.name}' has no number in its name to pair it by")
         elif number in index:
-            problems.append(
-                f"two {kind}s share the number {number}: '{index[number].name}' and '{path.name}'"
-            )
+            report.error(kinds.DUPLICATE_NUMBER, path,
+                         f"two {kind}s share the number {number}: '{index[number].name}' and '{path.name}'")
         else:
             index[number] = path
     return index
 
 
-def pair_files(images_dir: Path, masks_dir: Path) -> Pairing:
+def pair_files(images_dir: Path, masks_dir: Path, report: ProblemReport | None = None) -> Pairing:
     """Pair images with masks by the first number in the file stem.
 
-    Duplicate numbers and unnumbered files are errors (the seed silently overwrote one);
-    unpaired files are reported on the result so the caller can warn about them.
+    Empty folders, duplicate numbers and unnumbered files are errors (the seed silently
+    overwrote one); unpaired files are warnings and are left out. Problems go to ``report``;
+    without one, errors raise here.
     """
-    problems: list[str] = []
-    images = _index_by_number(list_images(images_dir), "image", problems)
-    masks = _index_by_number(list_images(masks_dir), "mask", problems)
-    if problems:
-        raise DatasetError(problems, images_dir.parent)
-    numbers = sorted(set(images) & set(masks), key=int)
-    return Pairing(
-        pairs=[(n, images[n], masks[n]) for n in numbers],
+    own = report is None
+    report = report or ProblemReport(images_dir.parent)
+    image_files, mask_files = list_images(images_dir), list_images(masks_dir)
+    for folder, files in ((images_dir, image_files), (masks_dir, mask_files)):
+        if not files:
+            report.error(kinds.EMPTY_FOLDER, folder, "no .jpg/.jpeg/.png files")
+    images = _index_by_number(image_files, "image", report)
+    masks = _index_by_number(mask_files, "mask", report)
+    if own:
+        report.raise_if_errors()
+    pairing = Pairing(
+        pairs=[(n, images[n], masks[n]) for n in sorted(set(images) & set(masks), key=int)],
         images_without_mask=[images[n] for n in sorted(set(images) - set(masks), key=int)],
         masks_without_image=[masks[n] for n in sorted(set(masks) - set(images), key=int)],
     )
-
-
-def _to_uint8(array: np.ndarray) -> np.ndarray:
-    if array.dtype == np.uint8:
-        return array
-    if array.dtype == np.uint16:
-        return (array // 257).astype(np.uint8)
-    return np.clip(array, 0, 255).astype(np.uint8)
-
-
-def decode_image(data: bytes | np.ndarray, name: str = "image") -> np.ndarray:
-    """Decode encoded image bytes to RGB uint8 (grayscale, RGBA and 16-bit handled)."""
-    buffer = np.frombuffer(data, np.uint8) if isinstance(data, (bytes, bytearray)) else data
-    array = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED) if buffer.size else None
-    if array is None:
-        raise DatasetError(f"'{name}' is not a readable JPEG/PNG image (corrupt or wrong format)")
-    array = _to_uint8(array)
-    if array.ndim == 2:
-        return cv2.cvtColor(array, cv2.COLOR_GRAY2RGB)
-    if array.shape[2] == 4:
-        return cv2.cvtColor(array, cv2.COLOR_BGRA2RGB)
-    return cv2.cvtColor(array, cv2.COLOR_BGR2RGB)
-
-
-def read_image(path: Path) -> np.ndarray:
-    """Read an image file as RGB uint8; raises DatasetError naming the file when unreadable."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise DatasetError(f"cannot read '{path}': {exc.strerror}") from exc
-    return decode_image(data, str(path))
-
-
-def binarize_mask(raw: np.ndarray, name: str = "mask") -> np.ndarray:
-    """Binarise a mask to {0,1} uint8 with the documented rule (> 127; 0/1 masks: > 0).
-
-    Warns when a 0/255 mask holds other values (JPEG-compressed or anti-aliased masks).
-    """
-    if raw.ndim == 3:
-        raw = raw.max(axis=2)
-    raw = _to_uint8(raw)
-    peak = int(raw.max()) if raw.size else 0
-    if peak == 1:
-        return raw.astype(np.uint8)
-    odd = np.count_nonzero((raw != 0) & (raw != 255))
-    if odd:
-        warnings.warn(
-            f"mask '{name}' holds {odd} pixel(s) with values other than 0/255; "
-            f"binarised with > {MASK_THRESHOLD}",
-            stacklevel=2,
-        )
-    return (raw > MASK_THRESHOLD).astype(np.uint8)
-
-
-def read_mask(path: Path) -> np.ndarray:
-    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if raw is None:
-        raise DatasetError(f"'{path}' is not a readable mask image (corrupt or wrong format)")
-    if raw.ndim == 3 and raw.shape[2] == 4:
-        raw = raw[..., :3]
-    return binarize_mask(raw, str(path))
+    for path in pairing.images_without_mask:
+        report.warn(kinds.UNPAIRED_IMAGE, path, f"no mask numbered {file_number(path)}")
+    for path in pairing.masks_without_image:
+        report.warn(kinds.UNPAIRED_MASK, path, f"no image numbered {file_number(path)}")
+    return pairing
 
 
 def component_areas(mask: np.ndarray) -> np.ndarray:
@@ -210,27 +162,40 @@ MANIFEST_COLUMNS = [
 ]
 
 
-def scan_pairs(pairs: list[tuple[str, Path, Path]], root: Path, progress: bool = True) -> tuple[pd.DataFrame, list[int]]:
+def scan_pairs(pairs: list[tuple[str, Path, Path]], root: Path, report: ProblemReport | None = None,
+               progress: bool = True) -> tuple[pd.DataFrame, list[int]]:
     """Read every pair once, check it, and measure its mask.
 
-    Returns the manifest rows (without split) and every component area. All problems of the
-    folder (unreadable files, size mismatches) are collected and raised together.
+    Returns the manifest rows (without split) and every component area. Unreadable files and
+    size mismatches are errors, unusual masks warnings, all recorded in ``report`` (without
+    one, errors raise at the end, all together).
     """
     from tqdm.auto import tqdm
 
-    rows, areas, problems = [], [], []
+    own = report is None
+    report = report or ProblemReport(pairs[0][1].parent.parent if pairs else root)
+    rows, areas = [], []
     for number, image_path, mask_path in tqdm(pairs, desc="scanning pairs", disable=not progress):
+        image = mask = None
         try:
             image = read_image(image_path)
-            mask = read_mask(mask_path)
-        except DatasetError as exc:
-            problems.extend(exc.problems)
+        except UnreadableImage as exc:
+            report.error(kinds.UNREADABLE, image_path, exc.reason)
+        try:
+            raw = read_raw_mask(mask_path)
+            mask = binarize_mask(raw)
+            if mask_path.suffix.lower() in (".jpg", ".jpeg"):
+                report.warn(kinds.JPEG_MASK, mask_path)
+            for kind, detail in mask_notes(raw):
+                report.warn(kind, mask_path, detail)
+        except UnreadableImage as exc:
+            report.error(kinds.UNREADABLE, mask_path, exc.reason)
+        if image is None or mask is None:
             continue
         if image.shape[:2] != mask.shape[:2]:
-            problems.append(
-                f"size mismatch: image '{image_path.name}' is {image.shape[1]}x{image.shape[0]} "
-                f"but mask '{mask_path.name}' is {mask.shape[1]}x{mask.shape[0]} (width x height)"
-            )
+            report.error(kinds.SIZE_MISMATCH, image_path,
+                         f"size mismatch: image '{image_path.name}' is {image.shape[1]}x{image.shape[0]} "
+                         f"but mask '{mask_path.name}' is {mask.shape[1]}x{mask.shape[0]} (width x height)")
             continue
         comp = component_areas(mask)
         areas.extend(comp.tolist())
@@ -247,9 +212,9 @@ def scan_pairs(pairs: list[tuple[str, Path, Path]], root: Path, progress: bool =
             "max_component_pixels": int(comp.max()) if len(comp) else 0,
             "min_component_pixels": int(comp.min()) if len(comp) else 0,
         })
-    if problems:
-        raise DatasetError(problems, pairs[0][1].parent.parent if pairs else root)
-    return pd.DataFrame(rows), areas
+    if own:
+        report.raise_if_errors()
+    return pd.DataFrame(rows, columns=[c for c in MANIFEST_COLUMNS if c != "split"]), areas
 
 
 def stratify_labels(area_ratio: pd.Series, bins: int) -> pd.Series:
@@ -297,20 +262,26 @@ class PreparedData:
     component_areas: list[int]
     images_without_mask: list[Path]
     masks_without_image: list[Path]
+    warnings: list[Problem] = field(default_factory=list)
 
 
 def build_manifest(data_dir: str | Path, val_fraction: float = 0.15, seed: int = 42, progress: bool = True) -> PreparedData:
     """Find, pair, check and split the training data. Deterministic for the same files and
-    parameters, so its digest identifies the split that every later stage uses."""
+    parameters, so its digest identifies the split that every later stage uses.
+
+    Every problem of the folder is collected before it stops: one DatasetError lists them all,
+    grouped by kind; warnings (unpaired files, unusual masks) come as one UserWarning.
+    """
     layout = find_dataset(data_dir)
-    pairing = pair_files(layout.train_images, layout.train_masks)
-    for path in pairing.images_without_mask:
-        warnings.warn(f"image '{path.name}' has no mask and is left out", stacklevel=2)
-    for path in pairing.masks_without_image:
-        warnings.warn(f"mask '{path.name}' has no image and is left out", stacklevel=2)
-    if not pairing.pairs:
-        raise DatasetError(f"no image/mask pairs in '{layout.root / 'train'}'. {SYNTH_HINT}")
-    manifest, areas = scan_pairs(pairing.pairs, layout.root, progress=progress)
+    report = ProblemReport(layout.root / "train")
+    pairing = pair_files(layout.train_images, layout.train_masks, report)
+    manifest, areas = scan_pairs(pairing.pairs, layout.root, report, progress=progress)
+    if not report.errors and len(manifest) < 2:
+        report.error(kinds.TOO_FEW, layout.root / "train",
+                     f"{len(manifest)} image/mask pair(s); at least 2 are needed. {SYNTH_HINT}")
+    report.raise_if_errors()
+    if report.warnings:
+        warnings.warn(f"{len(report.warnings)} warning(s) about {report.where}:\n{report.warning_text()}", stacklevel=2)
     manifest["split"] = split_train_val(manifest, val_fraction, seed)
     return PreparedData(
         layout=layout,
@@ -318,4 +289,5 @@ def build_manifest(data_dir: str | Path, val_fraction: float = 0.15, seed: int =
         component_areas=areas,
         images_without_mask=pairing.images_without_mask,
         masks_without_image=pairing.masks_without_image,
+        warnings=report.warnings,
     )

@@ -12,6 +12,7 @@ import pandas as pd
 
 from potholes import postprocess as pp
 from potholes.data import DatasetError, DatasetLayout, find_dataset, list_images, read_image, read_mask
+from potholes.images import unreadable_images
 
 DEFAULT_MODEL_URI = "models:/pothole-ensemble@champion"
 
@@ -44,6 +45,8 @@ def submission_order(layout: DatasetLayout) -> list[tuple[str, Path]]:
     extra = sorted(set(files) - set(ids))
     if extra:
         problems.append(f"test images not listed in sample_submission.csv: {extra}")
+    problems += [f"test/images/{path.name}: {reason}" for path, reason in
+                 unreadable_images([files[i] for i in dict.fromkeys(ids) if i in files]).items()]
     if problems:
         raise DatasetError(problems, layout.root)
     return [(image_id, files[image_id]) for image_id in ids]
@@ -55,6 +58,10 @@ def write_csv_atomically(frame: pd.DataFrame, output: Path) -> Path:
     output.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
     try:
+        # mkstemp creates 0600; the finished file gets what open() would give: 0666 less the umask.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "w", newline="") as handle:
             frame.to_csv(handle, index=False)
         os.replace(tmp, output)

@@ -41,7 +41,7 @@ def run_prepare(data_dir: str, split: SplitConfig = SplitConfig(), progress: boo
     summary = analysis.summarize(prepared.manifest, prepared.component_areas)
     summary["images_without_mask"] = [p.name for p in prepared.images_without_mask]
     summary["masks_without_image"] = [p.name for p in prepared.masks_without_image]
-    summary["warnings"] = [str(w.message) for w in caught]
+    summary["warnings"] = [{"kind": w.kind, "file": w.file, "detail": w.detail} for w in prepared.warnings]
 
     with tracking.stage_run("prepare", run_name="prepare"):
         tracking.log_params({"data_dir": data_dir, "dataset_root": str(prepared.layout.root),
