@@ -28,7 +28,33 @@ def test_submission_follows_sample_order_and_scores_test_masks(in_smoke_store, t
     run = mlflow.search_runs(filter_string="tags.`potholes.stage` = 'predict'", search_all_experiments=True,
                              output_format="list")[0]
     assert 0 <= run.data.metrics["test_dice"] <= 1 and run.data.metrics["test_dice"] == pytest.approx(result["test_dice"])
-    assert {"submission.csv", "test_scores.csv", "plots/worst_test_images.png"} <= artifacts(run.info.run_id)
+    assert {"submission.csv", "potholes.csv", "test_scores.csv", "plots/worst_test_images.png"} <= artifacts(run.info.run_id)
+
+
+def test_potholes_csv_lists_each_component_of_each_submitted_mask(in_smoke_store, tmp_path):
+    from potholes.instances import CSV_COLUMNS
+
+    output = tmp_path / "out" / "submission.csv"
+    result = run_predict(str(in_smoke_store.data), PredictConfig(output=str(output)), progress=False)
+    potholes = pd.read_csv(tmp_path / "out" / "potholes.csv")
+    assert result["potholes_csv"] == str(tmp_path / "out" / "potholes.csv") and result["potholes"] == len(potholes)
+    assert list(potholes.columns) == CSV_COLUMNS and len(potholes) > 0
+    assert not list((tmp_path / "out").glob(".*.tmp"))
+    written = pd.read_csv(output, keep_default_na=False)
+    for row in written.itertuples():
+        height, width = read_image(in_smoke_store.data / "test" / "images" / row.ImageId).shape[:2]
+        mask = rle_decode(row.rle, (height, width))
+        count, labels = cv2.connectedComponents(mask, connectivity=8)
+        mine = potholes[potholes["ImageId"] == row.ImageId]
+        assert mine["id"].tolist() == list(range(1, count))  # every component, nothing else
+        assert mine["area_pixels"].sum() == mask.sum()
+        for p in mine.itertuples():
+            component = labels == p.id
+            ys, xs = np.nonzero(component)
+            assert [p.bbox_x, p.bbox_y, p.bbox_w, p.bbox_h] == [xs.min(), ys.min(), np.ptp(xs) + 1, np.ptp(ys) + 1]
+            assert p.area_pixels == component.sum()
+            assert p.area_fraction == pytest.approx(p.area_pixels / (height * width))
+            assert 0 < p.mean_probability <= p.max_probability <= 1
 
 
 def test_odd_image_formats_get_rows_at_their_own_size(in_smoke_store, tmp_path):
@@ -117,7 +143,7 @@ def test_request_images_are_checked_before_decoding():
 
     from PIL import Image
 
-    from potholes.ensemble import MAX_IMAGE_PIXELS, decode_base64_image
+    from potholes.serving import MAX_IMAGE_PIXELS, decode_base64_image
 
     def png(width, height):
         import io

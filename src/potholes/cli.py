@@ -144,14 +144,18 @@ def tune(ctx: click.Context, data_dir: str, **options) -> None:
 @click.option("--model-uri", default="models:/pothole-ensemble@champion", show_default=True)
 @click.option("--output", default="submission.csv", show_default=True)
 @click.option("--batch-size", default=None, type=OPT_INT, help="images per forward (default: 2 on CPU, 16 on CUDA)")
+@click.option("--runtime", default="auto", show_default=True, type=click.Choice(["auto", "onnx", "torch"]),
+              help="auto = ONNX Runtime on CPU when the model holds ONNX graphs, torch on CUDA or otherwise")
 @click.pass_context
-def predict(ctx: click.Context, data_dir: str, model_uri: str, output: str, batch_size: int) -> None:
-    """Write an RLE submission (ImageId,rle) in sample_submission order with the registered ensemble."""
+def predict(ctx: click.Context, data_dir: str, model_uri: str, output: str, batch_size: int, runtime: str) -> None:
+    """Write an RLE submission (ImageId,rle) in sample_submission order with the registered ensemble,
+    and potholes.csv (one row per pothole) beside it."""
     from potholes.predict import PredictConfig, run_predict
 
     try:
         _tracking(ctx)
-        run_predict(data_dir, PredictConfig(model_uri=model_uri, output=output, batch_size=batch_size))
+        run_predict(data_dir, PredictConfig(model_uri=model_uri, output=output, batch_size=batch_size,
+                                            runtime=runtime))
     except (DatasetError, ValueError) as exc:
         _fail(exc)
 

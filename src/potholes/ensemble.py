@@ -7,10 +7,8 @@ it, so the three cannot drift apart.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import io
 import json
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -20,16 +18,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from potholes import instances
 from potholes import postprocess as pp
 from potholes.augment import normalize_batch
-from potholes.data import DatasetError, decode_image
 from potholes.models import load_checkpoint
+from potholes.ort_runner import OnnxMembers, resolve_runtime
 
 MEMBERS = ("unetpp", "deeplab")
-# Largest image accepted by predict and serving (width x height); checked from the file header
-# before decoding, so an oversized upload cannot exhaust the server's memory.
-MAX_IMAGE_PIXELS = 40_000_000
-OUTPUT_COLUMNS = ["rle", "height", "width", "pothole_pixels", "pothole_fraction", "num_potholes"]
 
 
 @dataclass
@@ -75,117 +70,104 @@ def resize_batch(images: list[np.ndarray], size: int) -> np.ndarray:
 
 
 class EnsemblePredictor:
-    def __init__(self, models: dict[str, torch.nn.Module], config: EnsembleConfig, batch_size: int | None = None):
+    """Both members, the tuned post-processing, and the runtime that runs the networks: torch
+    (``models``) or ONNX Runtime (``onnx``, the graphs stored with a registered model)."""
+
+    def __init__(self, models: dict[str, torch.nn.Module], config: EnsembleConfig, batch_size: int | None = None,
+                 onnx: OnnxMembers | None = None, runtime: str = "auto"):
         missing = set(MEMBERS) - set(models)
         if missing:
             raise ValueError(f"ensemble needs models {MEMBERS}, missing {sorted(missing)}")
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.models = {name: model.eval().to(device, memory_format=torch.channels_last)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.models = {name: model.eval().to(self.device, memory_format=torch.channels_last)
                        for name, model in models.items()}
         self.config = config
         self.batch_size = batch_size or default_batch_size()
+        self.onnx = onnx
+        self.runtime = self.runtime_for(runtime)  # fails early on 'onnx' without graphs
+        # One forward at a time: concurrent requests would only oversubscribe the cores (and hold
+        # more activations); decoding and post-processing still overlap with it.
+        self._forward_lock = threading.Lock()
 
     @classmethod
-    def from_checkpoints(cls, checkpoint_dirs: dict[str, Path], config: EnsembleConfig, batch_size: int | None = None):
+    def from_checkpoints(cls, checkpoint_dirs: dict[str, Path], config: EnsembleConfig, batch_size: int | None = None,
+                         onnx_dir: Path | None = None, runtime: str = "auto"):
         models = {}
         for name, folder in checkpoint_dirs.items():
             models[name], config.members[name] = load_checkpoint(folder)
-        return cls(models, config, batch_size)
+        return cls(models, config, batch_size, OnnxMembers(onnx_dir) if onnx_dir else None, runtime)
 
-    def member_logits(self, images: list[np.ndarray]) -> dict[str, np.ndarray]:
+    def runtime_for(self, requested: str | None = None) -> str:
+        """'torch' or 'onnx' for a requested 'auto' | 'onnx' | 'torch' (None: this predictor's own);
+        raises ParamError for anything else and for 'onnx' without ONNX graphs."""
+        return resolve_runtime(requested or getattr(self, "runtime", "auto"), self.onnx is not None,
+                               self.device.type == "cuda")
+
+    def _member_runner(self, runtime: str):
+        if runtime == "onnx":
+            return self.onnx.logits
+        return lambda name, batch: tta_logits(self.models[name], batch, self.config.members[name]["mean"],
+                                              self.config.members[name]["std"])
+
+    def member_logits(self, images: list[np.ndarray], runtime: str | None = None) -> dict[str, np.ndarray]:
         """Each member's TTA logits at the ensemble's size, batch by batch: {name: (N,S,S)}."""
+        run = self._member_runner(self.runtime_for(runtime))
         size = self.config.img_size
         out: dict[str, list[np.ndarray]] = {name: [] for name in MEMBERS}
         for start in range(0, len(images), self.batch_size):
             chunk = images[start:start + self.batch_size]
             resized: dict[int, np.ndarray] = {}
             for name in MEMBERS:
-                member = self.config.members[name]
-                member_size = int(member["img_size"])
+                member_size = int(self.config.members[name]["img_size"])
                 if member_size not in resized:
                     resized[member_size] = resize_batch(chunk, member_size)
-                logits = tta_logits(self.models[name], resized[member_size], member["mean"], member["std"])
+                with self._forward_lock:
+                    logits = run(name, resized[member_size])
                 if member_size != size:
                     logits = np.stack([cv2.resize(l, (size, size), interpolation=cv2.INTER_LINEAR) for l in logits])
                 out[name].append(logits)
         return {name: np.concatenate(parts) if parts else np.empty((0, size, size), np.float32)
                 for name, parts in out.items()}
 
-    def probabilities(self, images: list[np.ndarray]) -> np.ndarray:
-        logits = self.member_logits(images)
+    def probabilities(self, images: list[np.ndarray], runtime: str | None = None) -> np.ndarray:
+        logits = self.member_logits(images, runtime)
         return pp.sigmoid(pp.blend_logits(logits["unetpp"], logits["deeplab"], self.config.w_unetpp))
 
     def predict_masks(self, images: list[np.ndarray], threshold: float | None = None,
-                      min_area: int | None = None) -> list[np.ndarray]:
+                      min_area: int | None = None, runtime: str | None = None) -> list[np.ndarray]:
         """Binary masks at each image's own size."""
+        return [mask for mask, _ in self.predict(images, threshold, min_area, runtime, describe=False)]
+
+    def predict(self, images: list[np.ndarray], threshold: float | None = None, min_area: int | None = None,
+                runtime: str | None = None, describe: bool = True) -> list[tuple[np.ndarray, list[dict]]]:
+        """(mask at the image's own size, its potholes) per image; see `instances.describe`."""
         threshold = self.config.threshold if threshold is None else threshold
         min_area = self.config.min_area if min_area is None else min_area
-        return [pp.probability_to_mask(prob, threshold, min_area, image.shape[:2], self.config.resize_first)
-                for image, prob in zip(images, self.probabilities(images))]
-
-
-def mask_record(mask: np.ndarray) -> dict:
-    """One output row of the served model."""
-    height, width = mask.shape
-    pixels = int(mask.sum())
-    count = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)[0] - 1
-    return {"rle": pp.rle_encode(mask), "height": height, "width": width, "pothole_pixels": pixels,
-            "pothole_fraction": pixels / (height * width), "num_potholes": int(count)}
-
-
-def decode_base64_image(value, row: int) -> np.ndarray:
-    """A base64 JPEG/PNG from a request row to RGB uint8, with errors a client can act on."""
-    from PIL import Image
-
-    where = f"row {row} of column 'image'"
-    if not isinstance(value, str) or not value:
-        raise DatasetError(f"{where}: expected a base64-encoded JPEG or PNG string, got {type(value).__name__}")
-    try:
-        raw = base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise DatasetError(f"{where}: not valid base64 ({exc})") from exc
-    try:
-        with Image.open(io.BytesIO(raw)) as header:
-            width, height = header.size
-    except Image.DecompressionBombError as exc:  # Pillow's own ceiling, far above ours
-        raise DatasetError(f"{where}: image is over the limit of {MAX_IMAGE_PIXELS} pixels ({exc})") from exc
-    except Exception as exc:  # Pillow raises several types for non-images
-        raise DatasetError(f"{where}: the bytes are not a JPEG or PNG image") from exc
-    if width * height > MAX_IMAGE_PIXELS:
-        raise DatasetError(f"{where}: image is {width}x{height} = {width * height} pixels, "
-                           f"over the limit of {MAX_IMAGE_PIXELS} pixels")
-    try:
-        return decode_image(raw, where)
-    except DatasetError as exc:
-        raise DatasetError(f"{where}: the bytes are not a decodable JPEG or PNG image") from exc
+        out = []
+        for image, prob in zip(images, self.probabilities(images, runtime)):
+            if describe:
+                out.append(instances.segment(prob, threshold, min_area, image.shape[:2], self.config.resize_first))
+            else:
+                out.append((pp.probability_to_mask(prob, threshold, min_area, image.shape[:2],
+                                                   self.config.resize_first), []))
+        return out
 
 
 class PotholeEnsembleModel(mlflow.pyfunc.PythonModel):
-    """Input: DataFrame column ``image`` (base64 JPEG/PNG). Output: one row per image with
-    RLE and statistics. Params ``threshold`` and ``min_area`` override the tuned values."""
+    """Input: DataFrame column ``image`` (base64 JPEG/PNG). Output: one row per image with RLE,
+    statistics and its potholes. Params ``threshold``, ``min_area`` and ``runtime`` override the
+    tuned values and the runtime choice per request (see serving.py)."""
 
     def load_context(self, context) -> None:
         config = EnsembleConfig.load(Path(context.artifacts["ensemble_config"]))
         dirs = {name: Path(context.artifacts[name]) for name in MEMBERS}
-        self.predictor = EnsemblePredictor.from_checkpoints(dirs, config)
+        onnx_dir = context.artifacts.get("onnx")
+        self.predictor = EnsemblePredictor.from_checkpoints(dirs, config, onnx_dir=onnx_dir and Path(onnx_dir))
+        if onnx_dir is None and self.predictor.device.type == "cpu":
+            print("note: this model version has no ONNX graphs (registered before ONNX export); "
+                  "runtime 'auto' runs torch. Run tune again to get the faster ONNX Runtime path.")
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
+        from potholes.serving import predict_frame
 
-        params = params or {}
-        try:
-            if not isinstance(model_input, pd.DataFrame) or "image" not in model_input.columns:
-                found = list(model_input.columns) if isinstance(model_input, pd.DataFrame) else type(model_input).__name__
-                raise DatasetError(f"input needs a column 'image' of base64 JPEG/PNG strings; got {found}")
-            images = [decode_base64_image(v, i) for i, v in enumerate(model_input["image"].tolist())]
-            threshold, min_area = params.get("threshold"), params.get("min_area")
-            if threshold is not None and not 0 < float(threshold) < 1:
-                raise DatasetError(f"param 'threshold' must be between 0 and 1, got {threshold}")
-            if min_area is not None and int(min_area) < 0:
-                raise DatasetError(f"param 'min_area' must be >= 0, got {min_area}")
-        except DatasetError as exc:
-            raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from exc
-        masks = self.predictor.predict_masks(
-            images, threshold=None if threshold is None else float(threshold),
-            min_area=None if min_area is None else int(min_area))
-        return pd.DataFrame([mask_record(m) for m in masks], columns=OUTPUT_COLUMNS)
+        return predict_frame(self.predictor, model_input, params)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from potholes import instances
 from potholes import postprocess as pp
 from potholes.data import DatasetError, DatasetLayout, find_dataset, list_images, read_image, read_mask
 from potholes.images import unreadable_images
@@ -22,6 +23,7 @@ class PredictConfig:
     model_uri: str = DEFAULT_MODEL_URI
     output: str = "submission.csv"
     batch_size: int | None = None  # None: the device's default (2 on CPU, 16 on CUDA)
+    runtime: str = "auto"  # auto | onnx | torch (auto: ONNX Runtime on CPU when the model has graphs)
 
 
 def submission_order(layout: DatasetLayout) -> list[tuple[str, Path]]:
@@ -72,7 +74,7 @@ def write_csv_atomically(frame: pd.DataFrame, output: Path) -> Path:
 
 
 def predict_submission(predictor, order: list[tuple[str, Path]], batch_size: int | None = None, progress: bool = True):
-    """Masks and RLE rows for every test image, in order.
+    """RLE rows, masks and pothole rows (potholes.csv) for every test image, in order.
 
     The next batch is read and decoded on a helper thread while the networks run on this one
     (OpenCV and torch both release the GIL), so file I/O hides behind inference.
@@ -86,17 +88,19 @@ def predict_submission(predictor, order: list[tuple[str, Path]], batch_size: int
 
     batch_size = batch_size or predictor.batch_size
     chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    rows, masks = [], {}
+    rows, masks, potholes = [], {}, []
     with ThreadPoolExecutor(max_workers=1) as reader:
         pending = reader.submit(read, chunks[0]) if chunks else None
         for index, chunk in enumerate(tqdm(chunks, desc="predict", disable=not progress)):
             images = pending.result()
             if index + 1 < len(chunks):
                 pending = reader.submit(read, chunks[index + 1])
-            for (image_id, _), mask in zip(chunk, predictor.predict_masks(images)):
+            for (image_id, _), (mask, found) in zip(chunk, predictor.predict(images)):
                 rows.append({"ImageId": image_id, "rle": pp.rle_encode(mask)})
                 masks[image_id] = mask
-    return pd.DataFrame(rows, columns=["ImageId", "rle"]), masks
+                potholes.extend(instances.csv_rows(image_id, found))
+    return (pd.DataFrame(rows, columns=["ImageId", "rle"]), masks,
+            pd.DataFrame(potholes, columns=instances.CSV_COLUMNS))
 
 
 def score_against_masks(layout: DatasetLayout, order, masks: dict[str, np.ndarray]) -> pd.DataFrame | None:
@@ -146,15 +150,20 @@ def run_predict(data_dir: str, config: PredictConfig = PredictConfig(), progress
     predictor = model.unwrap_python_model().predictor
     if config.batch_size:
         predictor.batch_size = config.batch_size
+    predictor.runtime = predictor.runtime_for(config.runtime)  # 'onnx' without graphs fails here, before the run
 
     with tracking.stage_run("predict", run_name="predict"):
         tracking.log_params({"model_uri": config.model_uri, "data_dir": data_dir, "output": config.output,
                            "batch_size": predictor.batch_size, "num_images": len(order),
+                           "runtime": config.runtime, "runtime_used": predictor.runtime,
                            **{f"ensemble_{k}": v for k, v in vars(predictor.config).items() if k != "members"}})
-        submission, masks = predict_submission(predictor, order, progress=progress)
+        submission, masks, potholes = predict_submission(predictor, order, progress=progress)
         output = write_csv_atomically(submission, Path(config.output))
+        potholes_csv = write_csv_atomically(potholes, output.with_name("potholes.csv"))
         mlflow.log_artifact(str(output))
-        result = {"output": str(output), "rows": len(submission), "empty": int((submission["rle"] == "").sum())}
+        mlflow.log_artifact(str(potholes_csv))
+        result = {"output": str(output), "rows": len(submission), "empty": int((submission["rle"] == "").sum()),
+                  "potholes_csv": str(potholes_csv), "potholes": len(potholes), "runtime": predictor.runtime}
         scores = score_against_masks(layout, order, masks)
         if scores is not None:
             result |= {"test_dice": float(scores["dice"].mean()), "test_iou": float(scores["iou"].mean())}
@@ -164,7 +173,8 @@ def run_predict(data_dir: str, config: PredictConfig = PredictConfig(), progress
                 scores.to_csv(per_image, index=False)
                 mlflow.log_artifact(str(per_image))
             tracking.log_figure(worst_overlays(masks, scores), "plots/worst_test_images.png")
-        mlflow.log_metrics({"rows": result["rows"], "empty_masks": result["empty"]})
-    print(f"wrote {result['rows']} rows to {output} ({result['empty']} empty masks)"
+        mlflow.log_metrics({"rows": result["rows"], "empty_masks": result["empty"], "potholes": result["potholes"]})
+    print(f"wrote {result['rows']} rows to {output} ({result['empty']} empty masks), {result['potholes']} potholes "
+          f"to {potholes_csv} (runtime {predictor.runtime})"
           + (f"; test Dice {result['test_dice']:.4f}, IoU {result['test_iou']:.4f}" if scores is not None else ""))
     return result

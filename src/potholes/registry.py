@@ -47,7 +47,8 @@ def model_card(config: EnsembleConfig, val_dice: float, base: dict, digest: str,
             f"Validation Dice {val_dice:.4f} (UNet++ alone {base['baseline_unetpp_dice']:.4f}, "
             f"DeepLabV3+ alone {base['baseline_deeplab_dice']:.4f}, 50/50@0.4 {base['baseline_blend50_dice']:.4f}).\n"
             f"Input: DataFrame column 'image' = base64 JPEG/PNG; output: rle, height, width, pothole_pixels, "
-            f"pothole_fraction, num_potholes; params threshold, min_area.")
+            f"pothole_fraction, num_potholes, potholes (JSON list); params threshold, min_area, runtime "
+            f"(auto | onnx | torch; ONNX graphs of both members are stored with the model).")
 
 
 def log_and_register(predictor: EnsemblePredictor, checkpoint_dirs: dict[str, Path], example_image: Path,
@@ -58,21 +59,25 @@ def log_and_register(predictor: EnsemblePredictor, checkpoint_dirs: dict[str, Pa
     from mlflow.models import infer_signature
 
     from potholes.data import read_image
-    from potholes.ensemble import mask_record
+    from potholes.onnx_export import export_members
+    from potholes.serving import row_record
 
     config = predictor.config
     with tempfile.TemporaryDirectory() as tmp:
         config_path = config.save(Path(tmp) / "ensemble_config.json")
         example = pd.DataFrame({"image": [base64.b64encode(example_image.read_bytes()).decode("ascii")]})
-        output = pd.DataFrame([mask_record(predictor.predict_masks([read_image(example_image)])[0])])
+        onnx_dir = export_members(predictor, Path(tmp) / "onnx")  # checked against torch before it is stored
+        output = pd.DataFrame([row_record(*predictor.predict([read_image(example_image)], runtime="torch")[0])])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # MLflow's hint on integer output columns
             signature = infer_signature(example, output, params={"threshold": float(config.threshold),
-                                                                 "min_area": int(config.min_area)})
+                                                                 "min_area": int(config.min_area),
+                                                                 "runtime": "auto"})
             info = mlflow.pyfunc.log_model(
                 name="ensemble",
                 python_model=str(Path(__file__).with_name("serving_model.py")),
-                artifacts={"ensemble_config": str(config_path), **{n: str(d) for n, d in checkpoint_dirs.items()}},
+                artifacts={"ensemble_config": str(config_path), "onnx": str(onnx_dir),
+                           **{n: str(d) for n, d in checkpoint_dirs.items()}},
                 code_paths=[str(Path(__file__).parent)],
                 signature=signature,
                 input_example=example,

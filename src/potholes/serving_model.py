@@ -1,5 +1,6 @@
 """Models-from-code entry for the registered ensemble: MLflow executes this file to get the
-model object, so nothing is pickled (weights load from safetensors in load_context)."""
+model object, so nothing is pickled (weights load from safetensors, graphs from ONNX files, in
+load_context)."""
 
 from mlflow.models import set_model
 
