@@ -146,8 +146,13 @@ def tune(ctx: click.Context, data_dir: str, **options) -> None:
 @click.option("--batch-size", default=None, type=OPT_INT, help="images per forward (default: 2 on CPU, 16 on CUDA)")
 @click.option("--runtime", default="auto", show_default=True, type=click.Choice(["auto", "onnx", "torch"]),
               help="auto = ONNX Runtime on CPU when the model holds ONNX graphs, torch on CUDA or otherwise")
+@click.option("--engine", default="local", show_default=True, type=click.Choice(["local", "spark"]),
+              help="spark: read and score the images on Spark (pip install -e '.[scale]', Java 17+)")
+@click.option("--spark-master", default="local[*]", show_default=True,
+              help="with --engine spark: local[N], spark://HOST:PORT, yarn, k8s://https://HOST:PORT")
 @click.pass_context
-def predict(ctx: click.Context, data_dir: str, model_uri: str, output: str, batch_size: int, runtime: str) -> None:
+def predict(ctx: click.Context, data_dir: str, model_uri: str, output: str, batch_size: int, runtime: str,
+            engine: str, spark_master: str) -> None:
     """Write an RLE submission (ImageId,rle) in sample_submission order with the registered ensemble,
     and potholes.csv (one row per pothole) beside it."""
     from potholes.predict import PredictConfig, run_predict
@@ -155,7 +160,7 @@ def predict(ctx: click.Context, data_dir: str, model_uri: str, output: str, batc
     try:
         _tracking(ctx)
         run_predict(data_dir, PredictConfig(model_uri=model_uri, output=output, batch_size=batch_size,
-                                            runtime=runtime))
+                                            runtime=runtime, engine=engine, spark_master=spark_master))
     except (DatasetError, ValueError) as exc:
         _fail(exc)
 

@@ -12,6 +12,7 @@ import pandas as pd
 
 from potholes import instances
 from potholes import postprocess as pp
+from potholes import spark_scoring  # imports no pyspark until --engine spark runs
 from potholes.data import DatasetError, DatasetLayout, find_dataset, list_images, read_image, read_mask
 from potholes.images import unreadable_images
 
@@ -24,6 +25,8 @@ class PredictConfig:
     output: str = "submission.csv"
     batch_size: int | None = None  # None: the device's default (2 on CPU, 16 on CUDA)
     runtime: str = "auto"  # auto | onnx | torch (auto: ONNX Runtime on CPU when the model has graphs)
+    engine: str = "local"  # local | spark (spark_scoring.py)
+    spark_master: str = "local[*]"
 
 
 def submission_order(layout: DatasetLayout) -> list[tuple[str, Path]]:
@@ -142,6 +145,8 @@ def run_predict(data_dir: str, config: PredictConfig = PredictConfig(), progress
 
     layout = find_dataset(data_dir)
     order = submission_order(layout)  # all id problems surface before the model loads
+    if spark_scoring.check_engine(config.engine) == "spark":
+        spark_scoring.preflight(config.spark_master)  # master, pyspark and Java: before the model loads or a run
     try:
         model = mlflow.pyfunc.load_model(config.model_uri)
     except Exception as exc:
@@ -157,7 +162,13 @@ def run_predict(data_dir: str, config: PredictConfig = PredictConfig(), progress
                            "batch_size": predictor.batch_size, "num_images": len(order),
                            "runtime": config.runtime, "runtime_used": predictor.runtime,
                            **{f"ensemble_{k}": v for k, v in vars(predictor.config).items() if k != "members"}})
-        submission, masks, potholes = predict_submission(predictor, order, progress=progress)
+        tracking.log_params({"engine": config.engine,
+                             **({"spark_master": config.spark_master} if config.engine == "spark" else {})})
+        if config.engine == "spark":
+            submission, masks, potholes = spark_scoring.spark_submission(
+                config.model_uri, layout.test_images, order, config.spark_master, {"runtime": config.runtime})
+        else:
+            submission, masks, potholes = predict_submission(predictor, order, progress=progress)
         output = write_csv_atomically(submission, Path(config.output))
         potholes_csv = write_csv_atomically(potholes, output.with_name("potholes.csv"))
         mlflow.log_artifact(str(output))
