@@ -11,8 +11,8 @@ package ``pgserver`` (part of the ``scale`` extra, so ``pip install -e '.[scale]
 
 Root: initdb and postgres refuse to run as root, so under root the server runs as the system
 account ``potholes-pg`` (created with ``useradd --system`` on first use) and its folder belongs
-to it. The binaries' folders must then be readable by that account (they are in a venv under a
-755 checkout).
+to it. The binaries' folders must then be readable by that account: a candidate it cannot run
+(a venv inside a root-only folder) is passed over for the next one.
 
 Fixtures (imported by conftest.py): ``postgres_server`` (one server per test session) and
 ``postgres_url`` (a new empty database per test, as a SQLAlchemy URL ``postgresql+psycopg://``
@@ -56,9 +56,23 @@ def find_bindir() -> Path | None:
         candidates.append(Path(shutil.which("pg_ctl")).resolve().parent)
     candidates += sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: p.parent.name, reverse=True)
     for folder in candidates:
-        if all((folder / exe).is_file() for exe in ("initdb", "pg_ctl", "postgres", "createdb")):
+        if all((folder / exe).is_file() for exe in ("initdb", "pg_ctl", "postgres", "createdb")) and _runnable(folder):
             return folder
     return None
+
+
+def _runnable(folder: Path) -> bool:
+    """Whether the server's account can run these binaries (under root: the service account, which
+    cannot enter a checkout kept in a root-only folder; the next candidate is tried then)."""
+    kwargs = {}
+    if os.geteuid() == 0:
+        uid, gid = _service_account()
+        kwargs = {"user": uid, "group": gid, "extra_groups": []}
+    try:
+        return subprocess.run([str(folder / "postgres"), "--version"], capture_output=True, timeout=30, cwd="/",
+                              **kwargs).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
 
 
 def free_port() -> int:

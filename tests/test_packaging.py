@@ -9,13 +9,23 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_conda_yaml_mirrors_the_pinned_dependencies():
-    pins = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    pins = project["dependencies"]
+    scale = project["optional-dependencies"]["scale"]
     conda = yaml.safe_load((REPO / "conda.yaml").read_text())
     python = [d for d in conda["dependencies"] if isinstance(d, str) and d.startswith("python")]
     pip_section = next(d["pip"] for d in conda["dependencies"] if isinstance(d, dict))
     assert python == ["python=3.11"]
-    assert sorted(pip_section) == sorted(pins)
-    assert all("==" in pin for pin in pins), "every runtime dependency is pinned exactly"
+    assert sorted(pip_section) == sorted(pins + scale)  # the MLproject env runs the scale engines too
+    assert all("==" in pin for pin in pins + scale), "every runtime and scale dependency is pinned exactly"
+    assert {p.split("[")[0].split("=")[0] for p in scale} >= {"pyspark", "psycopg"}
+
+
+def test_scale_extra_stays_out_of_the_registered_models_requirements():
+    from potholes.registry import pinned_requirements
+
+    requirements = pinned_requirements()
+    assert requirements and not any(r.startswith(("pyspark", "psycopg", "pgserver")) for r in requirements)
 
 
 def test_mlproject_entry_points_call_the_cli():
