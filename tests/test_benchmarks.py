@@ -13,7 +13,10 @@ SCRIPTS = {
     "bench_tune.py": ("tune", lambda r: r["rows"][0]["speedup"] > 1),
     "bench_predict.py": ("predict", lambda r: r["rows"][0]["predict_img_per_s"] > 0),
     "bench_loader.py": ("loader", lambda r: r["rows"][0]["loader_img_per_s"] > 0),
-    "bench_serving.py": ("serving", lambda r: r["rows"][0]["errors"] == 0),
+    "bench_serving.py": ("serving", lambda r: [row["clients"] for row in r["rows"]] == [1, 8, 32]
+                         and all(row["errors"] == 0 and row["rss_mb_after"] > 0 for row in r["rows"])),
+    "bench_runtime.py": ("runtime", lambda r: r["rows"][0]["runtime_vs_torch"] > 0
+                         and r["rows"][0]["mask_dice_mean"] >= 0.995 and r["rows"][0]["gflop_per_image"] > 0),
     "bench_quality.py": ("quality", lambda r: 0 <= r["rows"][0]["test_dice"] <= 1),
 }
 

@@ -35,6 +35,9 @@ def session_options():
     options.inter_op_num_threads = 1  # the graphs are a single chain of convolutions; sequential is enough
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Idle workers sleep instead of spinning: on 2 shared cores a spinning pool steals the CPU that
+    # the image-decoding thread and the other processes need (measured 2.1x faster ORT under load).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 
