@@ -99,3 +99,12 @@ def test_unusable_java_is_named(monkeypatch, tmp_path):
     monkeypatch.setenv("JAVA_HOME", str(tmp_path / "no-java"))
     with pytest.raises(SparkSetupError, match=r"JAVA_HOME=.*no-java: no runnable bin/java.*openjdk-17-jre-headless"):
         preflight("local[2]")
+
+
+def test_a_missing_engine_skips_on_a_workstation_and_fails_in_ci(monkeypatch):
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match=r"pip install -e '.\[scale\]'.*CI=true"):
+        need_modules("no_such_engine_module")
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match=r"no_such_engine_module.*pip install -e '.\[scale\]'"):
+        need_modules("no_such_engine_module")
