@@ -1,6 +1,7 @@
 """`potholes predict --engine spark`: the same submission as the local engine, scored on Spark
 (local[2] here), and clear errors for a bad engine, master or Java."""
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -92,6 +93,12 @@ def test_master_forms():
     for bad in ("local[0]", "local[x]", "", "mesos://h:1", "spark://nohostport", "k8s://"):
         with pytest.raises(SparkSetupError, match="--spark-master"):
             check_master(bad)
+    with socket.socket() as listening:  # a standalone master that answers is accepted
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        assert check_master(f"spark://127.0.0.1:{port}") == f"spark://127.0.0.1:{port}"
+        assert check_master(f"spark://127.0.0.1:{free_port()},127.0.0.1:{port}")  # one of several masters up
 
 
 def test_unusable_java_is_named(monkeypatch, tmp_path):

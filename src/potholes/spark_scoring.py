@@ -89,6 +89,8 @@ def check_master(master: str) -> str:
             problem = f"the Kubernetes API server {url.hostname}:{url.port or 443} does not answer ({why})"
     else:
         problem = "not a Spark master URL"
+    if problem is None:
+        return value
     raise SparkSetupError(f"--spark-master: got {master!r}, expected {MASTER_FORMS}" + (f": {problem}" if problem else ""))
 
 
