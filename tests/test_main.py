@@ -35,3 +35,37 @@ def test_main_pipeline_with_smoke_preset(tmp_path, synth_data):
     assert written["ImageId"].tolist() == pd.read_csv(synth_data / "sample_submission.csv")["ImageId"].tolist()
     assert MlflowClient().get_model_version_by_alias("pothole-ensemble", "champion")
     assert not (REPO / "optuna.db").exists()  # the study lives beside the tracking store
+    check_runs_read_well_in_the_ui(runs, parent)
+    # the end says where everything is and what to run next
+    assert f"dataset root: {synth_data}" in out.stdout
+    for text in ("runs:", "model:      models:/pothole-ensemble/1 (@champion)", "next:",
+                 "mlflow ui --backend-store-uri", "mlflow models serve -m models:/pothole-ensemble@champion",
+                 "potholes predict --data-dir"):
+        assert text in out.stdout, text
+
+
+def check_runs_read_well_in_the_ui(runs, parent) -> None:
+    client = MlflowClient()
+    experiment = client.get_experiment(parent.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # not GenAI mode
+    for run in runs:  # unset MLproject overrides are words that say what happens, never empty
+        assert all(value != "" for value in run.data.params.values()), (run.data.tags["potholes.stage"], run.data.params)
+        ours = [k for k in run.data.params if k not in {"data_dir", "preset", "n_trials", "output"}]
+        assert all(k.startswith("config.") for k in ours), ours  # one naming scheme
+    trains = [r for r in runs if r.data.tags.get("potholes.stage") == "train"]
+    models = mlflow.search_logged_models(experiment_ids=[experiment.experiment_id], output_format="list")
+    by_id = {m.model_id: m for m in models}
+    for train in trains:  # each train run's best model is a LoggedModel with its Dice linked
+        model = by_id[train.data.tags["potholes.logged_model_id"]]
+        assert str(model.status).endswith("READY") and model.source_run_id == train.info.run_id
+        assert {m.key for m in model.metrics} >= {"val_dice", "best_val_dice"}
+        assert "model.safetensors" in {f.path for f in client.list_logged_model_artifacts(model.model_id)}
+    tune = next(r for r in runs if r.data.tags.get("potholes.stage") == "tune")
+    inputs = {i.model_id for i in client.get_run(tune.info.run_id).inputs.model_inputs}
+    assert inputs == {t.data.tags["potholes.logged_model_id"] for t in trains}
+    assert tune.data.tags["registered_version"] == "1" and tune.data.tags["became_champion"] == "true"
+    assert "alias" not in tune.data.tags  # it went stale once the alias moved
+    registered = client.get_registered_model("pothole-ensemble")
+    assert "Pothole segmentation" in registered.description and registered.tags["task"] == "binary segmentation"
+    trials = [r for r in runs if r.data.tags.get("potholes.stage") == "tune-trial"]
+    assert trials and all("val_dice" in t.data.metrics for t in trials)

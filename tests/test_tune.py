@@ -25,7 +25,8 @@ def test_tune_logs_trials_baselines_and_registers_champion(in_smoke_store):
     assert parent.info.status == "FINISHED"
     trials = child_runs(tuned["run_id"])
     assert len(trials) == 4
-    assert all({"w_unetpp", "threshold", "min_area"} <= set(t.data.params) for t in trials)
+    assert all({"config.w_unetpp", "config.threshold", "config.min_area"} <= set(t.data.params) for t in trials)
+    assert all("val_dice" in t.data.metrics for t in trials)
     assert max(t.data.metrics["val_dice"] for t in trials) == pytest.approx(parent.data.metrics["best_val_dice"])
     for key in ("baseline_unetpp_dice", "baseline_deeplab_dice", "baseline_blend50_dice"):
         assert 0 <= parent.data.metrics[key] <= 1
@@ -47,7 +48,7 @@ def test_registered_model_loads_by_alias_and_predicts(in_smoke_store):
         source = next((in_smoke_store.data / "test" / "images").iterdir())
     frame = pd.DataFrame({"image": [base64.b64encode(source.read_bytes()).decode()]})
     out = model.predict(frame)
-    assert list(out.columns) == ["rle", "height", "width", "pothole_pixels", "pothole_fraction", "num_potholes"]
+    assert list(out.columns) == ["rle", "height", "width", "pothole_pixels", "pothole_fraction", "num_potholes", "potholes"]
     from potholes.data import read_image
     from potholes.postprocess import rle_decode
 

@@ -12,24 +12,36 @@ from potholes.data import DatasetError
 DATA_DIR_HELP = "dataset folder (competition layout: train/images, train/mask, test/images, sample_submission.csv)"
 
 
-class Maybe(click.ParamType):
-    """A value or nothing: MLproject passes unset overrides as empty strings."""
+TYPE_NAMES = {int: "integer", float: "float", str: "text"}
 
-    def __init__(self, inner: type, choices: tuple[str, ...] = ()):
-        self.inner, self.choices, self.name = inner, choices, f"{inner.__name__}?"
+
+class Maybe(click.ParamType):
+    """A value, or "not given". `mlflow run` logs every MLproject parameter, so an unset one
+    is passed as a word that says what happens instead (``preset``, ``latest``, ``auto``...),
+    never as an empty string; that word (or nothing) means "not given" here."""
+
+    def __init__(self, inner: type, unset: str, choices: tuple[str, ...] = ()):
+        self.inner, self.unset, self.choices = inner, unset, choices
+        self.name = TYPE_NAMES[inner]
+
+    def get_metavar(self, param, ctx=None) -> str:
+        return f"[{'|'.join((*self.choices, self.unset))}]" if self.choices else self.name.upper()
 
     def convert(self, value, param, ctx):
-        if value is None or (isinstance(value, str) and value.strip() == ""):
+        if value is None or (isinstance(value, str) and value.strip() in ("", self.unset)):
             return None
         if self.choices and value not in self.choices:
-            self.fail(f"expected one of {list(self.choices)}, got '{value}'", param, ctx)
+            self.fail(f"expected one of {[*self.choices, self.unset]}, got '{value}'", param, ctx)
         try:
             return self.inner(value)
         except ValueError:
-            self.fail(f"expected {self.inner.__name__}, got '{value}'", param, ctx)
+            self.fail(f"expected {'an' if self.name == 'integer' else 'a'} {self.name} or '{self.unset}', "
+                      f"got '{value}'", param, ctx)
 
 
-OPT_INT, OPT_FLOAT, OPT_STR = Maybe(int), Maybe(float), Maybe(str)
+PRESET_INT, PRESET_FLOAT, PRESET_STR = Maybe(int, "preset"), Maybe(float, "preset"), Maybe(str, "preset")
+PRESETS = click.Choice(["auto", "full", "cpu", "smoke"])
+PRESET_HELP = "auto = full with CUDA, else cpu; full = the seed's GPU recipe; smoke = seconds, for tests"
 
 
 def _fail(exc: Exception) -> None:
@@ -52,19 +64,25 @@ def _tracking(ctx: click.Context) -> None:
     tracking.configure(ctx.obj["experiment_name"])
 
 
+def _dataset(data_dir: str) -> None:
+    """Find the dataset (failing on a wrong path before any run exists) and say which it is."""
+    from potholes.data import find_dataset
+
+    click.echo(f"dataset root: {find_dataset(data_dir).root}")
+
+
 @cli.command()
 @click.option("--data-dir", default="data", show_default=True, help=DATA_DIR_HELP)
-@click.option("--val-fraction", default=0.15, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True))
-@click.option("--seed", default=42, show_default=True, type=int)
+@click.option("--val-fraction", default=0.15, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="share of the training pairs held out for validation")
+@click.option("--seed", default=42, show_default=True, type=int, help="seed of the train/val split")
 @click.pass_context
 def prepare(ctx: click.Context, data_dir: str, val_fraction: float, seed: int) -> None:
     """Check, pair and split the dataset; log statistics, plots and the manifest."""
     from potholes.prepare import SplitConfig, run_prepare
 
     try:
-        from potholes.data import find_dataset
-
-        find_dataset(data_dir)  # fail on a wrong path before any run is created
+        _dataset(data_dir)
         _tracking(ctx)
         run_prepare(data_dir, SplitConfig(val_fraction=val_fraction, seed=seed))
     except DatasetError as exc:
@@ -74,33 +92,37 @@ def prepare(ctx: click.Context, data_dir: str, val_fraction: float, seed: int) -
 @cli.command()
 @click.option("--data-dir", default="data", show_default=True, help=DATA_DIR_HELP)
 @click.option("--model", required=True, type=click.Choice(["unetpp", "deeplab"]), help="architecture")
-@click.option("--preset", default="auto", show_default=True, type=click.Choice(["auto", "full", "cpu", "smoke"]),
-              help="auto = full with CUDA, else cpu")
-@click.option("--epochs", type=OPT_INT, default=None, help="override the preset")
-@click.option("--batch-size", type=OPT_INT, default=None, help="override the preset")
-@click.option("--img-size", type=OPT_INT, default=None, help="override the preset (multiple of 32)")
-@click.option("--lr", type=OPT_FLOAT, default=None, help="override the preset")
-@click.option("--weight-decay", type=OPT_FLOAT, default=None, help="override the preset")
-@click.option("--encoder", type=OPT_STR, default=None, help="smp encoder name, e.g. tu-tf_efficientnet_lite0, resnet101")
-@click.option("--encoder-weights", type=Maybe(str, ("imagenet", "none")), default=None, help="override the preset")
-@click.option("--num-workers", type=OPT_INT, default=None, help="DataLoader workers")
-@click.option("--seed", type=OPT_INT, default=None, help="training seed (default 42)")
+@click.option("--preset", default="auto", show_default=True, type=PRESETS, help=PRESET_HELP)
+@click.option("--epochs", type=PRESET_INT, default=None, help="epochs to train  [default: the preset's]")
+@click.option("--batch-size", type=PRESET_INT, default=None, help="images per optimizer step  [default: the preset's]")
+@click.option("--img-size", type=PRESET_INT, default=None, help="model input size in px, a multiple of 32  [default: the preset's]")
+@click.option("--lr", type=PRESET_FLOAT, default=None, help="AdamW learning rate  [default: the preset's]")
+@click.option("--weight-decay", type=PRESET_FLOAT, default=None, help="AdamW weight decay  [default: the preset's]")
+@click.option("--encoder", type=PRESET_STR, default=None,
+              help="smp encoder name, e.g. tu-tf_efficientnet_lite0, resnet101  [default: the preset's]")
+@click.option("--encoder-weights", type=Maybe(str, "preset", ("imagenet", "none")), default=None,
+              help="imagenet (pretrained) or none (random init)  [default: the preset's]")
+@click.option("--num-workers", type=PRESET_INT, default=None,
+              help="DataLoader worker processes; results do not depend on it  [default: the preset's]")
+@click.option("--seed", type=Maybe(int, "default"), default=None, help="training seed  [default: 42]")
+@click.option("--deterministic", type=click.BOOL, default=False, show_default=True,
+              help="CUDA: deterministic kernels, no cuDNN autotuning (slower); CPU runs are deterministic anyway")
 @click.option("--val-fraction", default=0.15, show_default=True, type=float, help="must match prepare's")
 @click.option("--split-seed", default=42, show_default=True, type=int, help="must match prepare's --seed")
-@click.option("--resume", type=OPT_STR, default=None, help="run id of an interrupted train run to continue")
+@click.option("--resume", type=Maybe(str, "none"), default=None,
+              help="run id of an interrupted train run to continue (same model, preset and overrides)")
 @click.pass_context
 def train(ctx: click.Context, data_dir: str, model: str, preset: str, resume: str | None,
           val_fraction: float, split_seed: int, **overrides) -> None:
     """Train UNet++ or DeepLabV3+; log curves, the best checkpoint and a resumable last checkpoint."""
     from potholes.config import ConfigError, resolve_config
-    from potholes.data import find_dataset
     from potholes.models import WeightsUnavailable
     from potholes.train import run_train
 
     try:
         config = resolve_config(model, preset, resume=resume, val_fraction=val_fraction,
                                 split_seed=split_seed, **overrides)
-        find_dataset(data_dir)
+        _dataset(data_dir)
         _tracking(ctx)
         run_train(config, data_dir)
     except (ConfigError, DatasetError, WeightsUnavailable, ValueError) as exc:
@@ -109,17 +131,26 @@ def train(ctx: click.Context, data_dir: str, model: str, preset: str, resume: st
 
 @cli.command()
 @click.option("--data-dir", default="data", show_default=True, help=DATA_DIR_HELP)
-@click.option("--unetpp-run", type=OPT_STR, default=None, help="train run id (default: latest finished one on this split)")
-@click.option("--deeplab-run", type=OPT_STR, default=None, help="train run id (default: latest finished one on this split)")
-@click.option("--n-trials", default=40, show_default=True, type=int)
-@click.option("--seed", default=42, show_default=True, type=int)
-@click.option("--threshold-min", default=0.30, show_default=True, type=float)
-@click.option("--threshold-max", default=0.45, show_default=True, type=float)
-@click.option("--min-area-min", default=100, show_default=True, type=int, help="pixels at 512 px (scaled to model size)")
-@click.option("--min-area-max", default=400, show_default=True, type=int, help="pixels at 512 px (scaled to model size)")
-@click.option("--storage", type=OPT_STR, default=None, help="Optuna RDB URL (default: optuna.db beside mlflow.db)")
-@click.option("--study-name", type=OPT_STR, default=None, help="default: derived from the two runs and the split")
-@click.option("--registered-model", default="pothole-ensemble", show_default=True)
+@click.option("--unetpp-run", type=Maybe(str, "latest"), default=None,
+              help="UNet++ train run id  [default: latest, the newest finished one on this split]")
+@click.option("--deeplab-run", type=Maybe(str, "latest"), default=None,
+              help="DeepLabV3+ train run id  [default: latest, the newest finished one on this split]")
+@click.option("--n-trials", default=40, show_default=True, type=click.IntRange(min=1),
+              help="trials in the study, shared by all its workers")
+@click.option("--seed", default=42, show_default=True, type=int, help="Optuna sampler seed")
+@click.option("--threshold-min", default=0.30, show_default=True, type=float, help="lowest probability threshold tried")
+@click.option("--threshold-max", default=0.45, show_default=True, type=float, help="highest probability threshold tried")
+@click.option("--min-area-min", default=100, show_default=True, type=int,
+              help="smallest min-area tried, in pixels at 512 px (scaled to the model size)")
+@click.option("--min-area-max", default=400, show_default=True, type=int,
+              help="largest min-area tried, in pixels at 512 px (scaled to the model size)")
+@click.option("--storage", type=Maybe(str, "default"), default=None,
+              help="Optuna storage URL (sqlite:///..., postgresql+psycopg://...)  [default: optuna.db beside mlflow.db]")
+@click.option("--study-name", type=Maybe(str, "auto"), default=None,
+              help="Optuna study  [default: auto, from the two runs and the split]")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
+              help="local processes sharing the study's trials")
+@click.option("--registered-model", default="pothole-ensemble", show_default=True, help="model registry name")
 @click.option("--val-fraction", default=0.15, show_default=True, type=float, help="must match prepare's")
 @click.option("--split-seed", default=42, show_default=True, type=int, help="must match prepare's --seed")
 @click.pass_context
@@ -130,9 +161,7 @@ def tune(ctx: click.Context, data_dir: str, **options) -> None:
     try:
         config = TuneConfig(**options)
         config.validate()
-        from potholes.data import find_dataset
-
-        find_dataset(data_dir)
+        _dataset(data_dir)
         _tracking(ctx)
         run_tune(data_dir, config)
     except (DatasetError, ValueError) as exc:
@@ -141,9 +170,11 @@ def tune(ctx: click.Context, data_dir: str, **options) -> None:
 
 @cli.command()
 @click.option("--data-dir", default="data", show_default=True, help=DATA_DIR_HELP)
-@click.option("--model-uri", default="models:/pothole-ensemble@champion", show_default=True)
-@click.option("--output", default="submission.csv", show_default=True)
-@click.option("--batch-size", default=None, type=OPT_INT, help="images per forward (default: 2 on CPU, 16 on CUDA)")
+@click.option("--model-uri", default="models:/pothole-ensemble@champion", show_default=True,
+              help="registered model (models:/NAME@ALIAS or models:/NAME/VERSION) or runs:/ URI")
+@click.option("--output", default="submission.csv", show_default=True, help="submission CSV to write")
+@click.option("--batch-size", default=None, type=Maybe(int, "auto"),
+              help="images per forward  [default: auto, 2 on CPU, 16 on CUDA]")
 @click.option("--runtime", default="auto", show_default=True, type=click.Choice(["auto", "onnx", "torch"]),
               help="auto = ONNX Runtime on CPU when the model holds ONNX graphs, torch on CUDA or otherwise")
 @click.option("--engine", default="local", show_default=True, type=click.Choice(["local", "spark"]),
@@ -158,6 +189,7 @@ def predict(ctx: click.Context, data_dir: str, model_uri: str, output: str, batc
     from potholes.predict import PredictConfig, run_predict
 
     try:
+        _dataset(data_dir)
         _tracking(ctx)
         run_predict(data_dir, PredictConfig(model_uri=model_uri, output=output, batch_size=batch_size,
                                             runtime=runtime, engine=engine, spark_master=spark_master))
@@ -167,21 +199,20 @@ def predict(ctx: click.Context, data_dir: str, model_uri: str, output: str, batc
 
 @cli.command(name="main")
 @click.option("--data-dir", default="data", show_default=True, help=DATA_DIR_HELP)
-@click.option("--preset", default="auto", show_default=True, type=click.Choice(["auto", "full", "cpu", "smoke"]))
-@click.option("--n-trials", default=40, show_default=True, type=int)
-@click.option("--output", default="submission.csv", show_default=True)
-@click.option("--registered-model", default="pothole-ensemble", show_default=True)
+@click.option("--preset", default="auto", show_default=True, type=PRESETS, help=PRESET_HELP)
+@click.option("--n-trials", default=40, show_default=True, type=click.IntRange(min=1), help="Optuna trials of tune")
+@click.option("--output", default="submission.csv", show_default=True, help="submission CSV to write")
+@click.option("--registered-model", default="pothole-ensemble", show_default=True, help="model registry name")
 @click.pass_context
 def main_pipeline(ctx: click.Context, data_dir: str, preset: str, n_trials: int, output: str,
                   registered_model: str) -> None:
     """The whole pipeline: prepare, train both models, tune, predict (one parent run)."""
     from potholes.config import ConfigError
-    from potholes.data import find_dataset
     from potholes.models import WeightsUnavailable
     from potholes.pipeline import run_main
 
     try:
-        find_dataset(data_dir)
+        _dataset(data_dir)
         _tracking(ctx)
         run_main(data_dir, preset=preset, n_trials=n_trials, output=output, registered_model=registered_model)
     except (ConfigError, DatasetError, WeightsUnavailable, ValueError) as exc:
@@ -190,10 +221,10 @@ def main_pipeline(ctx: click.Context, data_dir: str, preset: str, n_trials: int,
 
 @cli.command()
 @click.argument("out_dir")
-@click.option("--n-train", default=40, show_default=True, type=click.IntRange(min=2))
-@click.option("--n-test", default=10, show_default=True, type=click.IntRange(min=1))
-@click.option("--size", default=256, show_default=True, type=click.IntRange(min=32))
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--n-train", default=40, show_default=True, type=click.IntRange(min=2), help="training pairs to write")
+@click.option("--n-test", default=10, show_default=True, type=click.IntRange(min=1), help="test pairs to write")
+@click.option("--size", default=256, show_default=True, type=click.IntRange(min=32), help="image side in px")
+@click.option("--seed", default=0, show_default=True, type=int, help="generator seed")
 def synth(out_dir: str, n_train: int, n_test: int, size: int, seed: int) -> None:
     """Write a deterministic synthetic pothole dataset in the competition layout."""
     from potholes.synth import generate

@@ -58,4 +58,27 @@ def run_main(data_dir: str, preset: str = "auto", n_trials: int = 40, output: st
         results["metrics"] = metrics
         results["run_id"] = parent.info.run_id
     print("[main] " + ", ".join(f"{k}={v:.4f}" if "dice" in k else f"{k}={v:.0f}" for k, v in metrics.items()))
+    print(where_and_next(results, data_dir, registered_model), flush=True)
     return results
+
+
+def where_and_next(results: dict, data_dir: str, registered_model: str) -> str:
+    """Where the runs, the model and the submission are, and the commands a user runs next."""
+    from pathlib import Path
+
+    uri = mlflow.get_tracking_uri()
+    run = mlflow.get_run(results["run_id"])
+    experiment = mlflow.get_experiment(run.info.experiment_id).name
+    tune = results["tune"]
+    ui = (f"open {uri}" if uri.startswith("http") else f"mlflow ui --backend-store-uri {uri} --port 5000"
+          f"   # then http://127.0.0.1:5000")
+    return "\n".join([
+        f"runs:       {uri}, experiment '{experiment}', parent run {results['run_id']}",
+        f"model:      models:/{registered_model}/{tune['version']} (@{tune['alias']})",
+        f"submission: {Path(results['predict']['output']).resolve()}",
+        "next:",
+        f"  {ui}",
+        f"  MLFLOW_TRACKING_URI={uri} mlflow models serve -m models:/{registered_model}@champion "
+        f"--env-manager local -p 5001",
+        f"  MLFLOW_TRACKING_URI={uri} potholes predict --data-dir {data_dir} --model-uri models:/{registered_model}@champion",
+    ])

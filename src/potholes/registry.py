@@ -15,6 +15,14 @@ from mlflow.tracking import MlflowClient
 from potholes.ensemble import MEMBERS, EnsembleConfig, EnsemblePredictor
 
 CHAMPION, CHALLENGER = "champion", "challenger"
+REGISTERED_MODEL_DESCRIPTION = (
+    "Pothole segmentation of road photos: a UNet++ + DeepLabV3+ ensemble (logit blend, flip TTA) "
+    "tuned by the potholes MLflow Project. Input: DataFrame column 'image' of base64 JPEG/PNG. "
+    "Output per image: Kaggle RLE mask at the image's size, pothole statistics and each pothole. "
+    "Alias 'champion' = best validation Dice so far; 'challenger' = the newest version that did not beat it. "
+    "Each version's description is its model card (data digest, member runs, tuned values, Dice).")
+REGISTERED_MODEL_TAGS = {"task": "binary segmentation", "domain": "road maintenance: potholes",
+                         "metric": "Dice (mean per image, validation split)", "project": "potholes"}
 
 
 def promote(registered_model: str, version: str, val_dice: float) -> str:
@@ -90,5 +98,10 @@ def log_and_register(predictor: EnsemblePredictor, checkpoint_dirs: dict[str, Pa
                        "unetpp_run": runs["unetpp"], "deeplab_run": runs["deeplab"]}.items():
         client.set_model_version_tag(registered_model, version, key, value)
     client.update_model_version(registered_model, version, description=model_card(config, val_dice, base, digest, runs))
+    # The registered model itself (what the Models page lists), not only each version.
+    client.update_registered_model(registered_model, description=REGISTERED_MODEL_DESCRIPTION)
+    for key, value in REGISTERED_MODEL_TAGS.items():
+        client.set_registered_model_tag(registered_model, key, value)
+    mlflow.log_metric("best_val_dice", val_dice, model_id=info.model_id)  # shown beside the LoggedModel
     alias = promote(registered_model, version, val_dice)
     return {"version": version, "alias": alias, "model_uri": info.model_uri}

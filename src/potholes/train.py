@@ -8,114 +8,19 @@ from __future__ import annotations
 
 import copy
 import os
-import random
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import cv2
 import numpy as np
-import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from potholes import augment
 from potholes.config import TrainConfig
-from potholes.data import read_image, read_mask
 from potholes.models import build_model
-
-
-# ----------------------------------------------------------------------------- data
-def load_split(root: Path, manifest: pd.DataFrame, split: str, img_size: int, progress: bool = True):
-    """Decode and resize one split once, into uint8 arrays (N,H,W,3) and (N,H,W).
-
-    Decoding a JPEG costs more than all the augmentations at model size, and the split is
-    small, so each image is decoded once instead of once per epoch.
-    """
-    from tqdm.auto import tqdm
-
-    rows = manifest[manifest["split"] == split]
-    images = np.empty((len(rows), img_size, img_size, 3), np.uint8)
-    masks = np.empty((len(rows), img_size, img_size), np.uint8)
-    for i, row in enumerate(tqdm(rows.itertuples(), total=len(rows), desc=f"loading {split}", disable=not progress)):
-        images[i], masks[i] = augment.resize_pair(read_image(root / row.image_path), read_mask(root / row.mask_path), img_size)
-    return images, masks
-
-
-class SegmentationDataset(Dataset):
-    """Cached uint8 arrays in, normalised tensors out.
-
-    With a transform, items are fetched by ``(epoch, index)`` keys from `EpochSampler`, and the
-    transform is re-seeded from (seed, epoch, index) before each sample: augmentations then
-    depend on nothing else (worker count, which worker, where a resumed run restarted).
-    """
-
-    def __init__(self, images: np.ndarray, masks: np.ndarray, mean, std, transform=None, seed: int = 0):
-        self.images, self.masks, self.mean, self.std = images, masks, mean, std
-        self.transform, self.seed = transform, seed
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, key):
-        epoch, index = key if isinstance(key, tuple) else (0, key)
-        image, mask = self.images[index], self.masks[index]
-        if self.transform is not None:
-            augment.seed_transform(self.transform, augment.sample_seed(self.seed, epoch, index))
-            out = self.transform(image=image, mask=mask)
-            image, mask = out["image"], out["mask"]
-        return augment.to_tensor(image, self.mean, self.std), torch.from_numpy(np.ascontiguousarray(mask)).float()[None]
-
-
-class EpochSampler(DistributedSampler):
-    """torch's DistributedSampler (a permutation from seed + epoch, this rank's share of it) that
-    yields ``(epoch, index)`` keys, so each worker knows which epoch a sample belongs to.
-
-    Order and augmentations are functions of (seed, epoch): a resumed run replays epoch k
-    exactly as a straight run would. ``set_epoch`` must be called before each epoch.
-    """
-
-    def __init__(self, dataset: Dataset, seed: int, rank: int = 0, world_size: int = 1):
-        super().__init__(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
-
-    def __iter__(self):
-        return ((self.epoch, index) for index in super().__iter__())
-
-
-def _worker_init(_: int) -> None:
-    from torch.utils.data import get_worker_info
-
-    # One OpenCV thread per worker so augmentation does not fight the training step for the cores.
-    cv2.setNumThreads(1)
-    # Spawned workers would otherwise all start from the same global random state. Each gets
-    # torch's per-worker seed (drawn from the loader's seeded generator) for any global draw;
-    # the augmentation pipeline is re-seeded per sample in SegmentationDataset.
-    seed_everything(get_worker_info().seed % 2**32)
-
-
-def make_loader(dataset: Dataset, config: TrainConfig, train: bool, rank: int = 0, world_size: int = 1) -> DataLoader:
-    """Training batches come from worker processes; validation (no augmentation) needs none.
-
-    Workers are spawned, not forked: OpenCV's thread pool, used by the parent while decoding,
-    deadlocks in a forked child. Persistent workers pay the start-up once per run.
-    """
-    workers = config.num_workers if train else 0
-    sampler = EpochSampler(dataset, config.seed, rank, world_size) if train else None
-    return DataLoader(
-        dataset,
-        batch_size=config.batch_size if train else config.batch_size * 2,
-        sampler=sampler,
-        drop_last=train and len(dataset) // world_size > config.batch_size,
-        num_workers=workers,
-        persistent_workers=workers > 0,
-        prefetch_factor=4 if workers > 0 else None,
-        worker_init_fn=_worker_init if workers > 0 else None,
-        multiprocessing_context="spawn" if workers > 0 else None,
-        pin_memory=torch.cuda.is_available(),
-        generator=torch.Generator().manual_seed(config.seed),
-    )
+from potholes.training_data import SegmentationDataset, load_split, make_loader, seed_everything
 
 
 # ----------------------------------------------------------------------------- loss and metric
@@ -215,12 +120,6 @@ class TrainState:
         self.best_epoch, self.history = int(payload["best_epoch"]), list(payload["history"])
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def init_state(config: TrainConfig, device) -> TrainState:
     seed_everything(config.seed)
     model = build_model(config.model, config.encoder, config.encoder_weights)
@@ -264,21 +163,30 @@ def fit(config: TrainConfig, state: TrainState, train_loader, val_loader, device
 
 
 # ----------------------------------------------------------------------------- MLflow edge
-def _log_epoch(config: TrainConfig):
-    """The callback that makes each epoch visible in MLflow the moment it ends."""
+def _log_epoch(config: TrainConfig, model_id: str, logged_steps: set[int]):
+    """The callback that makes each epoch visible in MLflow the moment it ends.
+
+    Order matters for ``kill -9``: the best checkpoint, then the metrics, then the resume point.
+    A kill between them makes the resumed run redo that epoch, identically; ``logged_steps``
+    (epochs already on the run) keeps it from logging the same step twice.
+    """
     import mlflow
 
     from potholes.models import save_checkpoint
 
     def callback(state: TrainState, metrics: dict, improved: bool) -> None:
         epoch = metrics["epoch"]
-        mlflow.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch)
         with tempfile.TemporaryDirectory() as tmp:
             if improved:  # the best checkpoint is safe on the store as soon as it exists
                 folder = save_checkpoint(state.best_state, config.model_config() | {"epoch": epoch, "val_dice": metrics["val_dice"]},
                                          Path(tmp) / "best")
                 mlflow.log_artifacts(str(folder), "checkpoints/best")
-                mlflow.log_metrics({"best_val_dice": metrics["val_dice"], "best_epoch": epoch}, step=epoch)
+                mlflow.MlflowClient().log_model_artifacts(model_id, str(folder))
+            if epoch not in logged_steps:
+                mlflow.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch, model_id=model_id)
+                if improved:
+                    mlflow.log_metrics({"best_val_dice": metrics["val_dice"], "best_epoch": epoch}, step=epoch,
+                                       model_id=model_id)
             last = Path(tmp) / "last.pt"
             torch.save(state.resume_payload(), last)
             mlflow.log_artifact(str(last), "checkpoints/last")
@@ -310,7 +218,7 @@ def run_train(config: TrainConfig, data_dir: str, progress: bool = True) -> dict
     """Train one model as an MLflow run; returns its run id and best validation Dice."""
     import mlflow
 
-    from potholes import plots, tracking
+    from potholes import plots, resume, tracking
     from potholes.data import build_manifest
 
     print("resolved config:", ", ".join(f"{k}={v}" for k, v in config.as_params().items()), flush=True)
@@ -325,53 +233,38 @@ def run_train(config: TrainConfig, data_dir: str, progress: bool = True) -> dict
                                config, train=True)
     val_loader = make_loader(SegmentationDataset(val_images, val_masks, config.mean, config.std), config, train=False)
 
-    run_id = None
+    run_id, logged_steps = None, set()
     if config.resume:
         run_id = config.resume
-        payload = _download_resume_payload(config.resume)
-        _check_resumable(config, config.resume)
-        state.restore(payload)
-        print(f"resuming run {config.resume} after epoch {state.epoch}", flush=True)
+        point = resume.load(config, run_id)
+        state.restore(point.payload)
+        state.best_state, logged_steps = point.best_state, point.logged_steps
+        print(f"resuming run {run_id} after epoch {state.epoch}", flush=True)
         if os.environ.get("MLFLOW_RUN_ID"):  # `mlflow run` made a fresh run: point it at the real one
             launcher_run = os.environ.pop("MLFLOW_RUN_ID")
-            mlflow.MlflowClient().set_tag(launcher_run, "potholes.continued_in", config.resume)
+            mlflow.MlflowClient().set_tag(launcher_run, "potholes.continued_in", run_id)
 
     with tracking.stage_run("train", run_name=f"train-{config.model}", tags={"model": config.model},
                             run_id=run_id, log_system_metrics=True) as run:
-        if not config.resume:
-            # Under `config.*`, so runs compare the same way however they were launched.
-            mlflow.log_params({f"config.{k}": v for k, v in config.as_params().items()})
-            tracking.log_params({"data_dir": data_dir, "device": device.type,
-                                 "num_train": len(train_images), "num_val": len(val_images)})
+        if config.resume:
+            model_id = mlflow.MlflowClient().get_run(run_id).data.tags[resume.MODEL_TAG]
+        else:
+            # The run's best model as an MLflow 3 LoggedModel: its artifacts are the best checkpoint
+            # and the epoch metrics are linked to it, so "Logged models" lists it with its Dice.
+            model_id = mlflow.initialize_logged_model(
+                name=f"{config.model}-{config.encoder.removeprefix('tu-')}", model_type="pothole-segmentation",
+                params={k: str(v) for k, v in config.model_config().items()}, tags={"potholes.stage": "train"}).model_id
+            mlflow.set_tags({resume.MODEL_TAG: model_id, "preset_reason": config.preset_reason})
+            tracking.log_params(config.as_params() | {"data_dir": data_dir, "device": device.type,
+                                                      "num_train": len(train_images), "num_val": len(val_images)})
             mlflow.log_metric("parameter_count", sum(p.numel() for p in state.model.parameters()))
-            mlflow.set_tag("preset_reason", config.preset_reason)
         digest = tracking.log_manifest(manifest, root, context="training")
-        fit(config, state, train_loader, val_loader, device, on_epoch_end=_log_epoch(config), progress=progress)
+        fit(config, state, train_loader, val_loader, device, on_epoch_end=_log_epoch(config, model_id, logged_steps),
+            progress=progress)
         tracking.log_figure(plots.training_curves(state.history), "plots/curves.png")
         tracking.log_figure(_validation_overlays(state, val_images, val_masks, config, device),
                             "plots/val_predictions.png")
+        mlflow.finalize_logged_model(model_id, "READY")
         print(f"{config.model}: best val_dice {state.best_dice:.4f} at epoch {state.best_epoch}", flush=True)
         return {"run_id": run.info.run_id, "best_val_dice": state.best_dice, "best_epoch": state.best_epoch,
-                "dataset_digest": digest}
-
-
-def _download_resume_payload(run_id: str) -> dict:
-    import mlflow
-
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="checkpoints/last/last.pt", dst_path=tmp)
-        except Exception as exc:
-            raise ValueError(f"resume: run '{run_id}' has no checkpoints/last/last.pt to resume from ({exc})") from exc
-        return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def _check_resumable(config: TrainConfig, run_id: str) -> None:
-    import mlflow
-
-    params = mlflow.MlflowClient().get_run(run_id).data.params
-    for key in ("model", "encoder", "img_size", "epochs"):
-        logged = params.get(f"config.{key}")
-        if logged is not None and logged != str(getattr(config, key)):
-            raise ValueError(f"resume: run '{run_id}' was trained with {key}={logged}, "
-                             f"not {getattr(config, key)}; pass the same {key} (or preset) to resume it")
+                "dataset_digest": digest, "model_id": model_id}

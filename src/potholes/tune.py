@@ -7,6 +7,7 @@ The seed re-ran both networks over the validation set in every trial.
 
 from __future__ import annotations
 
+import os
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from potholes import postprocess as pp
+from potholes import study as shared
 from potholes import tracking
 from potholes.ensemble import MEMBERS, EnsembleConfig, EnsemblePredictor
 from potholes.registry import log_and_register
@@ -40,6 +42,7 @@ class TuneConfig:
     deeplab_run: str | None = None
     val_fraction: float = 0.15
     split_seed: int = 42
+    workers: int = 1  # local processes sharing the study (the others attach to this one's parent run)
     extra_callbacks: tuple[Callable, ...] = field(default=(), compare=False)
 
     def validate(self) -> None:
@@ -47,6 +50,11 @@ class TuneConfig:
             raise ValueError(f"n_trials must be >= 1, got {self.n_trials}")
         if not 0 < self.threshold_min <= self.threshold_max < 1:
             raise ValueError(f"need 0 < threshold_min <= threshold_max < 1, got {self.threshold_min}..{self.threshold_max}")
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
+        if self.workers > 1 and (self.storage or "").startswith("sqlite"):
+            print("note: several workers on SQLite storage wait on its write lock; PostgreSQL or "
+                  "JournalStorage suit them better", flush=True)
         if not 0 <= self.min_area_min <= self.min_area_max:
             raise ValueError(f"need 0 <= min_area_min <= min_area_max, got {self.min_area_min}..{self.min_area_max}")
 
@@ -87,6 +95,19 @@ def default_storage() -> str:
     return f"sqlite:///{(folder / 'optuna.db').resolve()}"
 
 
+def log_member_inputs(run_id: str, runs: dict[str, str]) -> None:
+    """Both members' LoggedModels as model inputs of the tune run ("Logged models" then shows
+    where the ensemble came from). Train runs from before LoggedModels are skipped."""
+    from mlflow.entities import LoggedModelInput
+
+    from potholes.resume import MODEL_TAG
+
+    client = MlflowClient()
+    ids = [client.get_run(train_run).data.tags.get(MODEL_TAG) for train_run in runs.values()]
+    if any(ids):
+        client.log_inputs(run_id, models=[LoggedModelInput(model_id) for model_id in ids if model_id])
+
+
 def download_best_checkpoint(run_id: str, dst: Path) -> Path:
     return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="checkpoints/best", dst_path=str(dst)))
 
@@ -123,34 +144,12 @@ def baselines(logits: dict[str, np.ndarray], masks: np.ndarray) -> dict[str, flo
             "baseline_blend50_dice": score(logits, masks, 0.5, 0.4, 0)}
 
 
-def log_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-    """Optuna callback: each finished trial as a nested run of the active (tune) run.
-
-    (optuna-integration's MLflowCallback does the same but is deprecated since Optuna 4.9.)
-    """
-    if trial.state != optuna.trial.TrialState.COMPLETE:
-        return
-    with mlflow.start_run(run_name=f"trial-{trial.number}", nested=True,
-                          tags={"potholes.stage": "tune-trial", "optuna.study": study.study_name,
-                                "optuna.trial": str(trial.number)}):
-        mlflow.log_params(trial.params | {"w_deeplab": 1.0 - trial.params["w_unetpp"]})
-        mlflow.log_metric("val_dice", trial.value)
-
-
-def run_study(study: optuna.Study, objective, n_trials: int, callbacks: list, space: SearchSpace) -> int:
-    """Run until the study holds ``n_trials`` finished trials; returns how many ran now.
-
-    A new study starts from the seed's default (50/50 at threshold 0.4, smallest min-area) so
-    the search can only improve on it.
-    """
-    done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+def enqueue_seed_default(study: optuna.Study, space: SearchSpace) -> None:
+    """A new study starts from the seed's default (50/50 at threshold 0.4, smallest min-area) so
+    the search can only improve on it."""
     if not study.trials:
         study.enqueue_trial({"w_unetpp": 0.5, "threshold": min(max(0.4, space.threshold[0]), space.threshold[1]),
                              "min_area": space.min_area[0]})
-    remaining = max(0, n_trials - done)
-    if remaining:
-        study.optimize(objective, n_trials=remaining, callbacks=callbacks)
-    return remaining
 
 
 def log_study_plots(study: optuna.Study) -> None:
@@ -191,29 +190,51 @@ def run_tune(data_dir: str, tune: TuneConfig = TuneConfig(), progress: bool = Tr
 
         storage = tune.storage or default_storage()
         study_name = tune.study_name or f"ensemble-{runs['unetpp'][:8]}-{runs['deeplab'][:8]}-{digest}"
-        study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize",
-                                    sampler=optuna.samplers.TPESampler(seed=tune.seed), load_if_exists=True)
+        study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize", load_if_exists=True)
+        found = shared.find_parent(study)
+        # The owner samples with --seed (one process: the same trials every time); workers that
+        # attach mix in their pid so they do not propose what the owner proposes.
+        study.sampler = optuna.samplers.TPESampler(seed=tune.seed if found.owner else tune.seed + os.getpid())
+        objective = make_objective(logits, val_masks, space)
+        if not found.owner:
+            print(f"attaching to study '{study_name}' (parent run {found.run_id})", flush=True)
+            ran = shared.run_trials(study, objective, tune.n_trials,
+                                    [lambda s, t: shared.log_trial(s, t, found.run_id), *tune.extra_callbacks])
+            print(f"worker ran {ran} trial(s) of study '{study_name}'", flush=True)
+            return {"run_id": found.run_id, "trials_run_now": ran, "owner": False}
 
-        with tracking.stage_run("tune", run_name="tune") as parent:
-            tracking.log_params({"data_dir": data_dir, "n_trials": tune.n_trials, "seed": tune.seed,
-                               "threshold_range": f"{tune.threshold_min}-{tune.threshold_max}",
-                               "min_area_range_at_img_size": f"{space.min_area[0]}-{space.min_area[1]}",
-                               "img_size": size, "storage": storage, "study_name": study_name,
-                               "unetpp_run": runs["unetpp"], "deeplab_run": runs["deeplab"]})
-            tracking.log_manifest(prepared.manifest, prepared.layout.root, context="tuning")
+        with tracking.stage_run("tune", run_name="tune", run_id=found.run_id) as parent:
+            parent_id = parent.info.run_id
+            study.set_user_attr(shared.PARENT_ATTR, parent_id)
+            shared.fail_stale_trials(study)
+            enqueue_seed_default(study, space)
+            if found.run_id is None:
+                tracking.log_params({"data_dir": data_dir, "n_trials": tune.n_trials, "seed": tune.seed,
+                                     "threshold_range": f"{tune.threshold_min}-{tune.threshold_max}",
+                                     "min_area_range_at_img_size": f"{space.min_area[0]}-{space.min_area[1]}",
+                                     "img_size": size, "storage": storage, "study_name": study_name,
+                                     "unetpp_run": runs["unetpp"], "deeplab_run": runs["deeplab"], "workers": tune.workers})
+                tracking.log_manifest(prepared.manifest, prepared.layout.root, context="tuning")
+                log_member_inputs(parent_id, runs)
             base = baselines(logits, val_masks)
             mlflow.log_metrics(base)
-            # Trials finished by an interrupted earlier process are logged under this parent too,
-            # so one parent shows the whole study.
+            # Trials finished before (an interrupted process, or an earlier tune of this study)
+            # and not yet under this parent are logged now, so one parent shows the whole study.
+            logged = shared.logged_trial_numbers(parent_id)
             for finished in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
-                log_trial(study, finished)
-            ran = run_study(study, make_objective(logits, val_masks, space), tune.n_trials,
-                            [log_trial, *tune.extra_callbacks], space)
+                if finished.number not in logged:
+                    shared.log_trial(study, finished, parent_id)
+            callbacks = [lambda s, t: shared.log_trial(s, t, parent_id), *tune.extra_callbacks]
+            workers = shared.spawn_workers(data_dir, tune, storage, study_name, runs) if tune.workers > 1 else []
+            ran = shared.run_trials(study, objective, tune.n_trials, callbacks)
+            shared.wait_workers(workers)
+            shared.wait_for_other_workers(study)
+            ran += shared.run_trials(study, objective, tune.n_trials, callbacks)  # fill what a failed worker left
 
             best = study.best_trial
-            mlflow.log_params({f"best_{k}": v for k, v in best.params.items()})
-            mlflow.log_metrics({"best_val_dice": best.value, "trials_run_now": ran,
-                                "trials_complete": len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)))})
+            complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+            mlflow.log_metrics({"best_val_dice": best.value, "trials_run_now": ran, "trials_complete": len(complete),
+                                **{f"best_{k}": float(v) for k, v in best.params.items()}})
             log_study_plots(study)
 
             predictor.config.w_unetpp = float(best.params["w_unetpp"])
@@ -221,11 +242,12 @@ def run_tune(data_dir: str, tune: TuneConfig = TuneConfig(), progress: bool = Tr
             predictor.config.min_area = int(best.params["min_area"])
             example = prepared.layout.root / prepared.manifest[prepared.manifest["split"] == "val"].iloc[0]["image_path"]
             registered = log_and_register(predictor, dirs, example, tune.registered_model, best.value, base, digest, runs)
+            # Facts that stay true (an alias moves later; this version's promotion does not change).
             mlflow.set_tags({"registered_model": tune.registered_model, "registered_version": registered["version"],
-                             "alias": registered["alias"]})
+                             "became_champion": str(registered["alias"] == "champion").lower()})
             print(f"tuned val Dice {best.value:.4f} (UNet++ {base['baseline_unetpp_dice']:.4f}, DeepLabV3+ "
                   f"{base['baseline_deeplab_dice']:.4f}, 50/50@0.4 {base['baseline_blend50_dice']:.4f}); "
                   f"params {best.params}", flush=True)
             print(f"registered {tune.registered_model} version {registered['version']} as @{registered['alias']}", flush=True)
-            return {"run_id": parent.info.run_id, "best_val_dice": best.value, "best_params": best.params,
-                    **base, **registered}
+            return {"run_id": parent_id, "best_val_dice": best.value, "best_params": best.params,
+                    "trials_run_now": ran, "owner": True, **base, **registered}

@@ -1,0 +1,151 @@
+"""One Optuna study, many tune processes: the study's MLflow parent run, the trial quota shared
+by every worker, and trials left RUNNING by a process that died.
+
+Any number of `potholes tune` processes (one machine or several, on one RDB storage) split the
+trials of a study: trial numbers come from the storage, so a trial beyond ``n_trials`` is known
+to be one too many the moment it is asked for, and no trial runs twice. The first process
+creates the parent run and records its id in the study's user attrs; the others attach their
+trial runs to it with ``parent_run_id``. The process that owns the parent registers the model.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import mlflow
+import optuna
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from potholes import tracking
+
+PARENT_ATTR = "mlflow_parent_run_id"
+TrialState = optuna.trial.TrialState
+
+
+@dataclass
+class Parent:
+    run_id: str | None  # None: this process creates it
+    owner: bool  # owns the parent run: ends it and registers the model
+
+
+def find_parent(study: optuna.Study) -> Parent:
+    """The study's parent run: attach to a live one, reopen one whose process died, or (none,
+    or the last one finished) start a new one."""
+    run_id = study.user_attrs.get(PARENT_ATTR)
+    if not run_id:
+        return Parent(None, owner=True)
+    try:
+        run = MlflowClient().get_run(run_id)
+    except MlflowException:
+        return Parent(None, owner=True)  # the study outlived its tracking store
+    if run.info.status == "FINISHED":
+        return Parent(None, owner=True)  # a study tuned before: a new parent shows it again
+    if run.info.status == "RUNNING" and tracking.process_alive(run.data.tags):
+        return Parent(run_id, owner=False)  # another worker owns it
+    return Parent(run_id, owner=True)  # killed or failed: continue it
+
+
+def fail_stale_trials(study: optuna.Study) -> int:
+    """Trials still RUNNING whose process on this host is gone (``kill -9``) become FAIL, so they
+    neither count towards ``n_trials`` nor keep the owner waiting."""
+    stale = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+             if not tracking.process_alive(t.user_attrs)]
+    for trial in stale:
+        study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)  # Optuna has no public call
+    return len(stale)
+
+
+def counted(trial: optuna.trial.FrozenTrial) -> bool:
+    return trial.state in (TrialState.COMPLETE, TrialState.RUNNING)
+
+
+def run_trials(study: optuna.Study, objective, n_trials: int, callbacks: list) -> int:
+    """Ask, score and tell trials until the study holds ``n_trials`` counted trials (COMPLETE or
+    RUNNING, in trial-number order); returns how many this process ran."""
+    ran = 0
+    while True:
+        if sum(counted(t) for t in study.get_trials(deepcopy=False)) >= n_trials:
+            return ran
+        trial = study.ask()
+        for key, value in tracking.process_tags().items():
+            trial.set_user_attr(key, value)
+        ahead = sum(counted(t) for t in study.get_trials(deepcopy=False) if t.number < trial.number)
+        if ahead >= n_trials:  # another worker took the last slot between our count and our ask
+            trial.set_user_attr("skipped", f"the study already had {n_trials} trials")
+            study.tell(trial, state=TrialState.FAIL)
+            return ran
+        try:
+            value = objective(trial)
+        except BaseException:
+            study.tell(trial, state=TrialState.FAIL)
+            raise
+        frozen = study.tell(trial, value)
+        ran += 1
+        for callback in callbacks:
+            callback(study, frozen)
+
+
+def wait_for_other_workers(study: optuna.Study, timeout_s: float = 600.0, poll_s: float = 0.5) -> None:
+    """The owner registers only once every trial has finished (bounded wait)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        fail_stale_trials(study)
+        if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            return
+        time.sleep(poll_s)
+    print(f"note: trials still RUNNING after {timeout_s:.0f}s; registering with the finished ones", flush=True)
+
+
+def logged_trial_numbers(parent_run_id: str) -> set[int]:
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list",
+                              filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' AND "
+                                            f"tags.`potholes.stage` = 'tune-trial'")
+    return {int(run.data.tags["optuna.trial"]) for run in runs}
+
+
+def log_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, parent_run_id: str) -> None:
+    """One finished trial as a nested run of the study's parent run, from any process.
+
+    (optuna-integration's MLflowCallback does the same but is deprecated since Optuna 4.9.)
+    """
+    if trial.state != TrialState.COMPLETE:
+        return
+    nested = mlflow.active_run() is not None
+    with mlflow.start_run(run_name=f"trial-{trial.number}", parent_run_id=parent_run_id, nested=nested,
+                          tags={"potholes.stage": "tune-trial", "optuna.study": study.study_name,
+                                "optuna.trial": str(trial.number), **tracking.process_tags()}):
+        tracking.log_params(trial.params | {"w_deeplab": 1.0 - trial.params["w_unetpp"]})
+        mlflow.log_metric("val_dice", trial.value)
+
+
+def spawn_workers(data_dir: str, tune, storage: str, study_name: str, runs: dict[str, str]) -> list:
+    """``--workers N``: N-1 more local `potholes tune` processes on the same study; they find
+    this process's parent run in the study and attach their trial runs to it."""
+    import os
+    import subprocess
+    import sys
+
+    args = [sys.executable, "-m", "potholes", "tune", "--data-dir", str(data_dir), "--n-trials", str(tune.n_trials),
+            "--seed", str(tune.seed), "--threshold-min", str(tune.threshold_min), "--threshold-max", str(tune.threshold_max),
+            "--min-area-min", str(tune.min_area_min), "--min-area-max", str(tune.min_area_max), "--storage", storage,
+            "--study-name", study_name, "--unetpp-run", runs["unetpp"], "--deeplab-run", runs["deeplab"],
+            "--registered-model", tune.registered_model, "--val-fraction", str(tune.val_fraction),
+            "--split-seed", str(tune.split_seed), "--workers", "1"]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(),
+           "MLFLOW_EXPERIMENT_ID": mlflow.active_run().info.experiment_id}
+    env.pop("MLFLOW_RUN_ID", None)  # `mlflow run`'s run belongs to this process
+    return [subprocess.Popen(args, env=env) for _ in range(tune.workers - 1)]
+
+
+def wait_workers(workers: list, timeout_s: float = 3600.0) -> None:
+    for worker in workers:
+        try:
+            code = worker.wait(timeout=timeout_s)
+        except Exception:
+            worker.kill()
+            code = worker.wait()
+        if code:
+            print(f"note: tune worker {worker.pid} exited with status {code}; its unfinished trials are rerun here",
+                  flush=True)
