@@ -115,3 +115,12 @@ def test_a_missing_engine_skips_on_a_workstation_and_fails_in_ci(monkeypatch):
     monkeypatch.delenv("CI")
     with pytest.raises(pytest.skip.Exception, match=r"no_such_engine_module.*pip install -e '.\[scale\]'"):
         need_modules("no_such_engine_module")
+
+
+def test_missing_pyspark_names_the_extra(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pyspark" else real(name, *a))
+    with pytest.raises(SparkSetupError, match=r"needs pyspark, which is not installed: pip install -e '.\[scale\]'"):
+        preflight("local[2]")
