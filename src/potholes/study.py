@@ -10,6 +10,8 @@ trial runs to it with ``parent_run_id``. The process that owns the parent regist
 
 from __future__ import annotations
 
+import datetime
+import json
 import time
 from dataclasses import dataclass
 
@@ -21,6 +23,10 @@ from mlflow.tracking import MlflowClient
 from potholes import tracking
 
 PARENT_ATTR = "mlflow_parent_run_id"
+PROCESS_ATTR = "potholes.process"
+# A trial scores cached logits in well under a second; one RUNNING this long lost its process
+# (another host's, or killed before it could say whose it was).
+STALE_AFTER = datetime.timedelta(minutes=2)
 TrialState = optuna.trial.TrialState
 
 
@@ -30,12 +36,47 @@ class Parent:
     owner: bool  # owns the parent run: ends it and registers the model
 
 
-def find_parent(study: optuna.Study) -> Parent:
-    """The study's parent run: attach to a live one, reopen one whose process died, or (none,
-    or the last one finished) start a new one."""
-    run_id = study.user_attrs.get(PARENT_ATTR)
-    if not run_id:
+def make_storage(url: str):
+    """An Optuna storage from a URL: RDB URLs as Optuna takes them, and ``journal:///path`` for
+    a JournalStorage file (many processes of one host, no database server)."""
+    if url.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        return JournalStorage(JournalFileBackend(url.removeprefix("journal:").removeprefix("//")))
+    import sqlalchemy.exc
+
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(url)
+        except sqlalchemy.exc.IntegrityError:
+            # Workers started at once on an empty database race to create Optuna's tables; the
+            # loser finds them made on its next try.
+            time.sleep(0.5 * (attempt + 1))
+    return optuna.storages.RDBStorage(url)
+
+
+def open_study(study_name: str, storage: str) -> tuple[optuna.Study, bool]:
+    """Create the study, or load it when it exists; True when this process created it. Creation
+    is atomic in the storage (a unique study name), so of several workers started at once
+    exactly one creates the study and becomes the owner."""
+    storage = make_storage(storage)
+    try:
+        return optuna.create_study(study_name=study_name, storage=storage, direction="maximize"), True
+    except optuna.exceptions.DuplicatedStudyError:
+        return optuna.load_study(study_name=study_name, storage=storage), False
+
+
+def find_parent(study: optuna.Study, created: bool, wait_s: float = 120.0) -> Parent:
+    """The study's parent run: a new one for the process that created the study; else attach to
+    a live one, reopen one whose process died, or (the last one finished) start a new one."""
+    if created:
         return Parent(None, owner=True)
+    deadline = time.monotonic() + wait_s
+    while not (run_id := study.user_attrs.get(PARENT_ATTR)) and time.monotonic() < deadline:
+        time.sleep(0.5)  # the creator is still starting its parent run
+        study = optuna.load_study(study_name=study.study_name, storage=study._storage)
+    if not run_id:
+        return Parent(None, owner=True)  # its creator died before it had a parent
     try:
         run = MlflowClient().get_run(run_id)
     except MlflowException:
@@ -47,14 +88,20 @@ def find_parent(study: optuna.Study) -> Parent:
     return Parent(run_id, owner=True)  # killed or failed: continue it
 
 
+def stale(trial: optuna.trial.FrozenTrial) -> bool:
+    """A RUNNING trial whose process on this host is gone, or that has run implausibly long."""
+    process = json.loads(trial.user_attrs.get(PROCESS_ATTR, "{}"))
+    too_old = trial.datetime_start is not None and datetime.datetime.now() - trial.datetime_start > STALE_AFTER
+    return too_old or not tracking.process_alive(process)
+
+
 def fail_stale_trials(study: optuna.Study) -> int:
-    """Trials still RUNNING whose process on this host is gone (``kill -9``) become FAIL, so they
-    neither count towards ``n_trials`` nor keep the owner waiting."""
-    stale = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-             if not tracking.process_alive(t.user_attrs)]
-    for trial in stale:
+    """Stale RUNNING trials (``kill -9``) become FAIL, so they neither count towards ``n_trials``
+    nor keep the owner waiting."""
+    stale_trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if stale(t)]
+    for trial in stale_trials:
         study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)  # Optuna has no public call
-    return len(stale)
+    return len(stale_trials)
 
 
 def counted(trial: optuna.trial.FrozenTrial) -> bool:
@@ -69,8 +116,7 @@ def run_trials(study: optuna.Study, objective, n_trials: int, callbacks: list) -
         if sum(counted(t) for t in study.get_trials(deepcopy=False)) >= n_trials:
             return ran
         trial = study.ask()
-        for key, value in tracking.process_tags().items():
-            trial.set_user_attr(key, value)
+        trial.set_user_attr(PROCESS_ATTR, json.dumps(tracking.process_tags()))  # one write: whose trial it is
         ahead = sum(counted(t) for t in study.get_trials(deepcopy=False) if t.number < trial.number)
         if ahead >= n_trials:  # another worker took the last slot between our count and our ask
             trial.set_user_attr("skipped", f"the study already had {n_trials} trials")

@@ -190,8 +190,8 @@ def run_tune(data_dir: str, tune: TuneConfig = TuneConfig(), progress: bool = Tr
 
         storage = tune.storage or default_storage()
         study_name = tune.study_name or f"ensemble-{runs['unetpp'][:8]}-{runs['deeplab'][:8]}-{digest}"
-        study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize", load_if_exists=True)
-        found = shared.find_parent(study)
+        study, created = shared.open_study(study_name, storage)
+        found = shared.find_parent(study, created)
         # The owner samples with --seed (one process: the same trials every time); workers that
         # attach mix in their pid so they do not propose what the owner proposes.
         study.sampler = optuna.samplers.TPESampler(seed=tune.seed if found.owner else tune.seed + os.getpid())
@@ -205,7 +205,6 @@ def run_tune(data_dir: str, tune: TuneConfig = TuneConfig(), progress: bool = Tr
 
         with tracking.stage_run("tune", run_name="tune", run_id=found.run_id) as parent:
             parent_id = parent.info.run_id
-            study.set_user_attr(shared.PARENT_ATTR, parent_id)
             shared.fail_stale_trials(study)
             enqueue_seed_default(study, space)
             if found.run_id is None:
@@ -224,6 +223,8 @@ def run_tune(data_dir: str, tune: TuneConfig = TuneConfig(), progress: bool = Tr
             for finished in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
                 if finished.number not in logged:
                     shared.log_trial(study, finished, parent_id)
+            # Published only now: workers waiting for it attach to a parent that is complete so far.
+            study.set_user_attr(shared.PARENT_ATTR, parent_id)
             callbacks = [lambda s, t: shared.log_trial(s, t, parent_id), *tune.extra_callbacks]
             workers = shared.spawn_workers(data_dir, tune, storage, study_name, runs) if tune.workers > 1 else []
             ran = shared.run_trials(study, objective, tune.n_trials, callbacks)

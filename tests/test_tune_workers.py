@@ -1,0 +1,53 @@
+"""Several `potholes tune` processes on one PostgreSQL study split its trials under one parent run."""
+
+import json
+import subprocess
+import sys
+
+import mlflow
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import cli_env
+
+
+def tune_command(store, storage: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "potholes", "tune", "--data-dir", str(store.data),
+            "--unetpp-run", store.unetpp["run_id"], "--deeplab-run", store.deeplab["run_id"],
+            "--storage", storage, "--study-name", "shared", "--registered-model", "workers-model", *extra]
+
+
+def check_study(store, storage: str, n_trials: int) -> set[int]:
+    """n_trials complete, distinct trials, each once as a nested run of the one parent run, and
+    one registered version. Returns the pids that ran trials."""
+    study = optuna.load_study(study_name="shared", storage=storage)
+    complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(complete) == n_trials
+    params = [tuple(sorted(t.params.items())) for t in complete]
+    assert len(set(params)) == n_trials  # no trial ran twice
+    assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+    parent_id = study.user_attrs["mlflow_parent_run_id"]
+    client = MlflowClient(store.uri)
+    assert client.get_run(parent_id).info.status == "FINISHED"
+    mlflow.set_tracking_uri(store.uri)
+    trials = mlflow.search_runs(search_all_experiments=True, output_format="list",
+                                filter_string="tags.`potholes.stage` = 'tune-trial' AND tags.`optuna.study` = 'shared'")
+    assert all(t.data.tags["mlflow.parentRunId"] == parent_id for t in trials)  # one parent for the study
+    assert sorted(int(t.data.tags["optuna.trial"]) for t in trials) == sorted(t.number for t in complete)
+    assert len(client.search_model_versions("name = 'workers-model'")) == 1  # registered once
+    return {json.loads(t.user_attrs["potholes.process"])["potholes.pid"] for t in complete}
+
+
+@pytest.mark.slow
+def test_two_processes_started_at_once_split_a_postgres_study(in_smoke_store, postgres_url, tmp_path):
+    env = cli_env(tmp_path, MLFLOW_TRACKING_URI=in_smoke_store.uri)
+    command = tune_command(in_smoke_store, postgres_url, "--n-trials", "8")
+    workers = [subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True) for _ in range(2)]
+    outputs = [w.communicate(timeout=600)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    pids = check_study(in_smoke_store, postgres_url, 8)
+    assert pids <= {str(w.pid) for w in workers}
+    assert sum("registered workers-model" in out for out in outputs) == 1  # only the owner registers
+    assert sum("attaching to study 'shared'" in out for out in outputs) == 1
