@@ -87,3 +87,22 @@ def test_same_seed_same_curves_with_two_workers_another_seed_differs(tracking_st
         assert len(runs[0][key]) == 2
         np.testing.assert_allclose(runs[0][key], runs[1][key], rtol=0, atol=1e-6, err_msg=key)
     assert not np.allclose(runs[0]["train_loss"], runs[2]["train_loss"], rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_the_whole_main_twice_gives_the_same_metrics(tracking_store, synth_data, tmp_path):
+    """train (both models), tune and predict: every Dice and every curve, to 1e-6."""
+    from potholes.pipeline import run_main
+
+    tracking.configure()
+    results = [run_main(str(synth_data), preset="smoke", n_trials=5, output=str(tmp_path / f"submission{i}.csv"),
+                        progress=False) for i in range(2)]
+    first, second = (r["metrics"] for r in results)
+    for key in ("unetpp_val_dice", "deeplab_val_dice", "tuned_val_dice", "test_dice"):
+        assert first[key] == pytest.approx(second[key], abs=1e-6), key
+    for model in ("unetpp", "deeplab"):
+        a, b = (curves(r[model]["run_id"]) for r in results)
+        for key in a:
+            np.testing.assert_allclose(a[key], b[key], rtol=0, atol=1e-6, err_msg=f"{model} {key}")
+    assert results[0]["tune"]["best_params"] == results[1]["tune"]["best_params"]
+    assert (tmp_path / "submission0.csv").read_text() == (tmp_path / "submission1.csv").read_text()

@@ -1,0 +1,63 @@
+"""What a user reads and gets: --help, bad-parameter messages, file permissions."""
+
+import os
+import stat
+import subprocess
+import sys
+
+import click
+import pandas as pd
+import pytest
+
+from potholes.cli import cli
+from potholes.predict import write_csv_atomically
+
+COMMANDS = ["prepare", "train", "tune", "predict", "main", "synth"]
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_help_shows_real_types_and_every_option_has_a_help_text(name):
+    command = cli.commands[name]
+    ctx = click.Context(command, info_name=name)
+    text = command.get_help(ctx)
+    assert "?" not in text.replace("(?", ""), text  # no INT?/FLOAT?/STR? placeholders
+    for param in command.params:
+        if isinstance(param, click.Option) and param.name != "help":
+            assert param.help, f"{name} --{param.name} has no help text"
+            assert param.make_metavar(ctx) in text or param.is_flag
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["train", "--model", "unetpp", "--epochs", "ten"], "Invalid value for '--epochs': expected an integer or 'preset', got 'ten'"),
+    (["train", "--model", "unetpp", "--lr", "fast"], "Invalid value for '--lr': expected a float or 'preset', got 'fast'"),
+    (["train", "--model", "unetpp", "--encoder-weights", "coco"], "Invalid value for '--encoder-weights': expected one of ['imagenet', 'none', 'preset'], got 'coco'"),
+    (["train", "--model", "unetpp", "--img-size", "100"], "img_size must be a multiple of 32"),
+    (["tune", "--workers", "0"], "Invalid value for '--workers': 0 is not in the range x>=1"),
+    (["tune", "--n-trials", "0"], "Invalid value for '--n-trials'"),
+])
+def test_a_bad_parameter_names_itself_the_value_and_what_is_expected(tmp_path, args, expected):
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    out = subprocess.run([sys.executable, "-m", "potholes", *args], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert out.returncode == 2
+    assert expected in out.stderr, out.stderr
+    assert not (tmp_path / "mlflow.db").exists()  # refused before any run
+
+
+def test_the_words_mlproject_passes_for_unset_overrides_mean_unset():
+    from potholes.cli import Maybe
+
+    assert Maybe(int, "preset").convert("preset", None, None) is None
+    assert Maybe(int, "preset").convert("", None, None) is None
+    assert Maybe(int, "preset").convert("7", None, None) == 7
+    assert Maybe(str, "latest").convert("latest", None, None) is None
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_written_csv_files_honour_the_umask(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        path = write_csv_atomically(pd.DataFrame({"ImageId": ["a.jpg"], "rle": [""]}), tmp_path / "submission.csv")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+    assert [p.name for p in tmp_path.iterdir()] == ["submission.csv"]  # no temporary file left
