@@ -94,7 +94,11 @@ def iou_score(pred: np.ndarray, truth: np.ndarray) -> float:
     return 1.0 if union == 0 else np.logical_and(pred, truth).sum() / union
 
 
+def dice_per_image(scores: np.ndarray, masks: np.ndarray, threshold: float, min_area: int) -> np.ndarray:
+    """Dice of each image: (N,H,W) scores thresholded at ``threshold`` (probabilities, or logits
+    with a logit threshold), small components removed, against (N,H,W) binary masks."""
+    return np.array([dice_score(remove_small_components(s > threshold, min_area), m) for s, m in zip(scores, masks)])
+
+
 def mean_dice(scores: np.ndarray, masks: np.ndarray, threshold: float, min_area: int) -> float:
-    """Mean per-image Dice of (N,H,W) scores thresholded at ``threshold`` (probabilities, or logits
-    with a logit threshold) against (N,H,W) binary masks."""
-    return float(np.mean([dice_score(remove_small_components(s > threshold, min_area), m) for s, m in zip(scores, masks)]))
+    return float(np.mean(dice_per_image(scores, masks, threshold, min_area)))

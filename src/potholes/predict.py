@@ -12,6 +12,7 @@ import pandas as pd
 
 from potholes import instances
 from potholes import postprocess as pp
+from potholes import size_buckets
 from potholes import spark_scoring  # imports no pyspark until --engine spark runs
 from potholes.data import DatasetError, DatasetLayout, find_dataset, list_images, read_image, read_mask
 from potholes.images import unreadable_images
@@ -122,6 +123,7 @@ def score_against_masks(layout: DatasetLayout, order, masks: dict[str, np.ndarra
         pred = masks[image_id]
         records.append({"ImageId": image_id, "dice": pp.dice_score(pred, truth), "iou": pp.iou_score(pred, truth),
                         "true_pixels": int(truth.sum()), "predicted_pixels": int(pred.sum()),
+                        "true_area_fraction": float(truth.mean()),
                         "image_path": str(path), "mask_path": str(truth_path)})
     return pd.DataFrame(records) if records else None
 
@@ -184,6 +186,11 @@ def run_predict(data_dir: str, config: PredictConfig = PredictConfig(), progress
                 scores.to_csv(per_image, index=False)
                 mlflow.log_artifact(str(per_image))
             tracking.log_figure(worst_overlays(masks, scores), "plots/worst_test_images.png")
+            by_size = size_buckets.summarize(scores["dice"], scores["true_area_fraction"], "test")
+            mlflow.log_metrics(by_size)
+            result |= by_size
+            tracking.log_figure(size_buckets.figure(scores["dice"], scores["true_area_fraction"], "test Dice by pothole size"),
+                                "plots/test_dice_by_size.png")
         mlflow.log_metrics({"rows": result["rows"], "empty_masks": result["empty"], "potholes": result["potholes"]})
     print(f"wrote {result['rows']} rows to {output} ({result['empty']} empty masks), {result['potholes']} potholes "
           f"to {potholes_csv} (runtime {predictor.runtime})"

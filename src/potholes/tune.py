@@ -21,6 +21,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from potholes import postprocess as pp
+from potholes import size_buckets
 from potholes import study as shared
 from potholes import tracking
 from potholes.ensemble import MEMBERS, EnsembleConfig, EnsemblePredictor
@@ -108,6 +109,30 @@ def log_member_inputs(run_id: str, runs: dict[str, str]) -> None:
         client.log_inputs(run_id, models=[LoggedModelInput(model_id) for model_id in ids if model_id])
 
 
+def min_area_range(tune: TuneConfig, manifest, size: int) -> tuple[int, int]:
+    """The seed's min-area range (pixels at 512 px) scaled to the model size, capped so it cannot
+    erase the smallest true potholes of the training masks (size_buckets.min_area_cap)."""
+    low, high = pp.scaled_min_area(tune.min_area_min, size), pp.scaled_min_area(tune.min_area_max, size)
+    train = manifest[manifest["split"] == "train"]
+    cap = size_buckets.min_area_cap(train["min_component_pixels"] / (train["height"] * train["width"]), size)
+    if cap is not None and high > cap:
+        print(f"note: min-area range {low}-{high} px capped at {cap} px (half the smallest training potholes "
+              f"at {size} px)", flush=True)
+        low, high = min(low, cap), cap
+    return low, high
+
+
+def log_dice_by_size(logits: dict[str, np.ndarray], masks: np.ndarray, manifest, params: dict) -> None:
+    """Validation Dice of the best trial by pothole size, and its per-image distribution."""
+    blended = pp.blend_logits(logits["unetpp"], logits["deeplab"], params["w_unetpp"])
+    t = params["threshold"]
+    dice = pp.dice_per_image(blended, masks, float(np.log(t / (1.0 - t))), params["min_area"])
+    fractions = manifest.loc[manifest["split"] == "val", "area_ratio"].to_numpy()
+    mlflow.log_metrics(size_buckets.summarize(dice, fractions, "val"))
+    tracking.log_figure(size_buckets.figure(dice, fractions, "validation Dice by pothole size (best trial)"),
+                        "plots/val_dice_by_size.png")
+
+
 def download_best_checkpoint(run_id: str, dst: Path) -> Path:
     return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="checkpoints/best", dst_path=str(dst)))
 
@@ -186,7 +211,7 @@ def run_tune(data_dir: str, tune: TuneConfig = TuneConfig(), progress: bool = Tr
         # The one expensive step: both networks over the validation set, once.
         logits = predictor.member_logits(list(val_images))
         space = SearchSpace(w_unetpp=(0.0, 1.0), threshold=(tune.threshold_min, tune.threshold_max),
-                            min_area=(pp.scaled_min_area(tune.min_area_min, size), pp.scaled_min_area(tune.min_area_max, size)))
+                            min_area=min_area_range(tune, prepared.manifest, size))
 
         storage = tune.storage or default_storage()
         study_name = tune.study_name or f"ensemble-{runs['unetpp'][:8]}-{runs['deeplab'][:8]}-{digest}"
@@ -237,6 +262,7 @@ def run_tune(data_dir: str, tune: TuneConfig = TuneConfig(), progress: bool = Tr
             mlflow.log_metrics({"best_val_dice": best.value, "trials_run_now": ran, "trials_complete": len(complete),
                                 **{f"best_{k}": float(v) for k, v in best.params.items()}})
             log_study_plots(study)
+            log_dice_by_size(logits, val_masks, prepared.manifest, best.params)
 
             predictor.config.w_unetpp = float(best.params["w_unetpp"])
             predictor.config.threshold = float(best.params["threshold"])
