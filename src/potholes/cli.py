@@ -111,20 +111,38 @@ def prepare(ctx: click.Context, data_dir: str, val_fraction: float, seed: int) -
 @click.option("--split-seed", default=42, show_default=True, type=int, help="must match prepare's --seed")
 @click.option("--resume", type=Maybe(str, "none"), default=None,
               help="run id of an interrupted train run to continue (same model, preset and overrides)")
+@click.option("--nproc", default=1, show_default=True, type=click.IntRange(min=1),
+              help="processes training one model together (DistributedDataParallel: gloo on CPU, one GPU each "
+                   "with nccl); more than 1 re-runs this command under torchrun; results depend on it")
 @click.pass_context
 def train(ctx: click.Context, data_dir: str, model: str, preset: str, resume: str | None,
-          val_fraction: float, split_seed: int, **overrides) -> None:
-    """Train UNet++ or DeepLabV3+; log curves, the best checkpoint and a resumable last checkpoint."""
+          val_fraction: float, split_seed: int, nproc: int, **overrides) -> None:
+    """Train UNet++ or DeepLabV3+; log curves, the best checkpoint and a resumable last checkpoint.
+
+    Under torchrun (or with --nproc N) each process trains on its share of every epoch."""
+    from potholes import distributed
     from potholes.config import ConfigError, resolve_config
     from potholes.models import WeightsUnavailable
     from potholes.train import run_train
 
+    world = distributed.from_env()
     try:
+        if nproc > 1 and world.size > 1:
+            raise ConfigError(f"nproc must be 1 under torchrun (WORLD_SIZE={world.size}), got {nproc}: "
+                              f"use --nproc or torchrun, not both")
         config = resolve_config(model, preset, resume=resume, val_fraction=val_fraction,
-                                split_seed=split_seed, **overrides)
+                                split_seed=split_seed, world_size=max(nproc, world.size), **overrides)
         _dataset(data_dir)
-        _tracking(ctx)
-        run_train(config, data_dir)
+        if world.is_main:  # the other ranks of torchrun never touch MLflow
+            _tracking(ctx)
+        if nproc > 1:
+            if config.resume:
+                from potholes import resume as resume_mod
+
+                resume_mod.check(config, config.resume)  # refuse here, before starting the processes
+            sys.exit(distributed.launch(nproc, sys.argv[1:]))
+        with distributed.process_group():
+            run_train(config, data_dir)
     except (ConfigError, DatasetError, WeightsUnavailable, ValueError) as exc:
         _fail(exc)
 

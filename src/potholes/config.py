@@ -50,6 +50,7 @@ class TrainConfig:
     val_fraction: float = 0.15
     split_seed: int = 42
     resume: str | None = None
+    world_size: int = 1  # processes training together (torchrun / --nproc); the results depend on it
     preset_reason: str = field(default="", compare=False)
 
     def model_config(self) -> dict:
@@ -121,3 +122,5 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"encoder_weights must be 'imagenet' or 'none', got '{config.encoder_weights}'")
     if config.num_workers < 0:
         raise ConfigError(f"num_workers must be >= 0, got {config.num_workers}")
+    if config.world_size < 1:
+        raise ConfigError(f"world_size must be a positive integer, got {config.world_size}")

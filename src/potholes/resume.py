@@ -15,7 +15,7 @@ from potholes import tracking
 from potholes.config import TrainConfig
 
 MODEL_TAG = "potholes.logged_model_id"
-MUST_MATCH = ("model", "encoder", "img_size", "epochs", "seed", "batch_size")
+MUST_MATCH = ("model", "encoder", "img_size", "epochs", "seed", "batch_size", "world_size")
 
 
 @dataclass
@@ -42,8 +42,10 @@ def check(config: TrainConfig, run_id: str) -> None:
     for key in MUST_MATCH:
         logged = params.get(f"config.{key}")
         if logged is not None and logged != str(getattr(config, key)):
+            how = "as many processes (--nproc / torchrun --nproc_per_node)" if key == "world_size" else \
+                f"the same {key} (or preset)"
             raise ValueError(f"resume: run '{run_id}' was trained with {key}={logged}, "
-                             f"not {getattr(config, key)}; pass the same {key} (or preset) to resume it")
+                             f"not {getattr(config, key)}; pass {how} to resume it")
 
 
 def load(config: TrainConfig, run_id: str) -> ResumePoint:

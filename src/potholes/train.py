@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from potholes import augment
+from potholes import augment, distributed
 from potholes.config import TrainConfig
 from potholes.models import build_model
 from potholes.training_data import SegmentationDataset, load_split, make_loader, seed_everything
@@ -58,16 +58,18 @@ def device_for_training(deterministic: bool = False) -> torch.device:
 
 @torch.inference_mode()
 def evaluate(model, loader, loss_fn, threshold: float, device) -> dict:
+    """Mean loss and Dice over every image of ``loader``, and of the other ranks' shards under DDP."""
     model.eval()
-    losses, dices, seen = 0.0, [], 0
+    losses, dices, seen = 0.0, 0.0, 0
     for images, masks in loader:
         images, masks = images.to(device).contiguous(memory_format=torch.channels_last), masks.to(device)
         with torch.autocast(device.type, enabled=device.type == "cuda"):
             logits = model(images)
         losses += float(loss_fn(logits.float(), masks)) * len(images)
-        dices.append(dice_per_image(torch.sigmoid(logits.float()) > threshold, masks))
+        dices += float(dice_per_image(torch.sigmoid(logits.float()) > threshold, masks).double().sum())
         seen += len(images)
-    return {"val_loss": losses / max(seen, 1), "val_dice": float(torch.cat(dices).mean()) if dices else 0.0}
+    losses, dices, seen = distributed.all_sum(losses, dices, seen)
+    return {"val_loss": losses / max(seen, 1), "val_dice": dices / seen if seen else 0.0}
 
 
 def train_one_epoch(model, loader, optimizer, loss_fn, device, scaler=None, progress: bool = True) -> dict:
@@ -91,6 +93,8 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device, scaler=None, prog
         total += loss.item() * len(images)
         seen += len(images)
         bar.set_postfix(loss=f"{total / seen:.4f}")
+    total, seen = distributed.all_sum(total, seen)  # the epoch's mean over all ranks' images
+    distributed.sync_buffers(model)
     seconds = time.perf_counter() - start
     return {"train_loss": total / max(seen, 1), "train_images_per_second": seen / seconds if seconds else 0.0}
 
@@ -106,6 +110,7 @@ class TrainState:
     best_epoch: int = 0
     best_state: dict | None = None
     history: list[dict] = field(default_factory=list)
+    parallel: torch.nn.Module | None = None  # the DDP wrapper of ``model`` that trains under torchrun
 
     def resume_payload(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -142,9 +147,10 @@ def fit(config: TrainConfig, state: TrainState, train_loader, val_loader, device
         # Everything random in epoch k is a function of (seed, k): data order, augmentations and
         # the model's own draws (DeepLabV3+'s dropout), so a resumed run replays it exactly.
         train_loader.sampler.set_epoch(epoch)
-        torch.manual_seed(config.seed * 1_000_003 + epoch)
+        torch.manual_seed(config.seed * 1_000_003 + epoch + 1_000_000_007 * distributed.rank())
         lr = state.optimizer.param_groups[0]["lr"]
-        metrics = train_one_epoch(state.model, train_loader, state.optimizer, loss_fn, device, scaler, progress)
+        trained = state.model if state.parallel is None else state.parallel
+        metrics = train_one_epoch(trained, train_loader, state.optimizer, loss_fn, device, scaler, progress)
         metrics |= evaluate(state.model, val_loader, loss_fn, config.val_threshold, device)
         state.scheduler.step()
         metrics |= {"epoch": epoch, "lr": lr, "epoch_seconds": time.perf_counter() - start}
@@ -154,9 +160,10 @@ def fit(config: TrainConfig, state: TrainState, train_loader, val_loader, device
         if improved:
             state.best_dice, state.best_epoch = metrics["val_dice"], epoch
             state.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in state.model.state_dict().items()})
-        print(f"{config.model} | epoch {epoch:02d}/{config.epochs} | train_loss {metrics['train_loss']:.4f} "
-              f"| val_loss {metrics['val_loss']:.4f} | val_dice {metrics['val_dice']:.4f}"
-              f"{' (best)' if improved else ''} | {metrics['epoch_seconds']:.0f}s", flush=True)
+        if distributed.is_main():
+            print(f"{config.model} | epoch {epoch:02d}/{config.epochs} | train_loss {metrics['train_loss']:.4f} "
+                  f"| val_loss {metrics['val_loss']:.4f} | val_dice {metrics['val_dice']:.4f}"
+                  f"{' (best)' if improved else ''} | {metrics['epoch_seconds']:.0f}s", flush=True)
         if on_epoch_end is not None:
             on_epoch_end(state, metrics, improved)
     return state
@@ -215,13 +222,21 @@ def _validation_overlays(state: TrainState, images: np.ndarray, masks: np.ndarra
 
 
 def run_train(config: TrainConfig, data_dir: str, progress: bool = True) -> dict:
-    """Train one model as an MLflow run; returns its run id and best validation Dice."""
+    """Train one model as an MLflow run; returns its run id and best validation Dice.
+
+    Under torchrun every rank calls this; rank 0 alone touches MLflow (`potholes.distributed`).
+    """
     import mlflow
 
     from potholes import plots, resume, tracking
     from potholes.data import build_manifest
 
-    print("resolved config:", ", ".join(f"{k}={v}" for k, v in config.as_params().items()), flush=True)
+    if config.world_size != distributed.size():
+        raise ValueError(f"world_size={config.world_size}, but this process is one of {distributed.size()}")
+    main = distributed.is_main()
+    progress = progress and main
+    if main:
+        print("resolved config:", ", ".join(f"{k}={v}" for k, v in config.as_params().items()), flush=True)
     device = device_for_training(config.deterministic)
     state = init_state(config, device)  # fails here, before any run, when weights are unavailable
     prepared = build_manifest(data_dir, config.val_fraction, config.split_seed, progress=progress)
@@ -230,19 +245,25 @@ def run_train(config: TrainConfig, data_dir: str, progress: bool = True) -> dict
     val_images, val_masks = load_split(root, manifest, "val", config.img_size, progress)
     train_loader = make_loader(SegmentationDataset(train_images, train_masks, config.mean, config.std,
                                                    augment.train_transform(config.seed), config.seed),
-                               config, train=True)
-    val_loader = make_loader(SegmentationDataset(val_images, val_masks, config.mean, config.std), config, train=False)
+                               config, train=True, rank=distributed.rank(), world_size=config.world_size)
+    val_loader = make_loader(SegmentationDataset(val_images, val_masks, config.mean, config.std), config, train=False,
+                             rank=distributed.rank(), world_size=config.world_size)
 
     run_id, logged_steps = None, set()
     if config.resume:
         run_id = config.resume
-        point = resume.load(config, run_id)
+        point = distributed.from_main(lambda: resume.load(config, run_id))  # every rank, the same last.pt
         state.restore(point.payload)
         state.best_state, logged_steps = point.best_state, point.logged_steps
-        print(f"resuming run {run_id} after epoch {state.epoch}", flush=True)
-        if os.environ.get("MLFLOW_RUN_ID"):  # `mlflow run` made a fresh run: point it at the real one
+        if main:
+            print(f"resuming run {run_id} after epoch {state.epoch}", flush=True)
+        if main and os.environ.get("MLFLOW_RUN_ID"):  # `mlflow run` made a fresh run: point it at the real one
             launcher_run = os.environ.pop("MLFLOW_RUN_ID")
             mlflow.MlflowClient().set_tag(launcher_run, "potholes.continued_in", run_id)
+    state.parallel = distributed.wrap(state.model, device)
+    if not main:  # the other ranks train alongside rank 0 and leave MLflow to it
+        fit(config, state, train_loader, val_loader, device, progress=False)
+        return {"run_id": run_id, "best_val_dice": state.best_dice, "best_epoch": state.best_epoch}
 
     with tracking.stage_run("train", run_name=f"train-{config.model}", tags={"model": config.model},
                             run_id=run_id, log_system_metrics=True) as run:

@@ -95,14 +95,24 @@ def make_loader(dataset: Dataset, config: TrainConfig, train: bool, rank: int = 
 
     Workers are spawned, not forked: OpenCV's thread pool, used by the parent while decoding,
     deadlocks in a forked child. Persistent workers pay the start-up once per run.
+
+    With several ranks, training takes this rank's share of each epoch's permutation; validation
+    takes every ``world_size``-th of the batches one process would make (no padding, no image
+    twice, each image in the same batch as in one process, so the summed metrics are the same).
     """
     workers = config.num_workers if train else 0
-    sampler = EpochSampler(dataset, config.seed, rank, world_size) if train else None
+    if train:
+        batching = dict(batch_size=config.batch_size, sampler=EpochSampler(dataset, config.seed, rank, world_size),
+                        drop_last=len(dataset) // world_size > config.batch_size)
+    elif world_size > 1:
+        size, n = config.batch_size * 2, len(dataset)
+        batching = dict(batch_sampler=[list(range(start, min(start + size, n)))
+                                       for start in range(rank * size, n, world_size * size)])
+    else:
+        batching = dict(batch_size=config.batch_size * 2)
     return DataLoader(
         dataset,
-        batch_size=config.batch_size if train else config.batch_size * 2,
-        sampler=sampler,
-        drop_last=train and len(dataset) // world_size > config.batch_size,
+        **batching,
         num_workers=workers,
         persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None,
