@@ -11,6 +11,7 @@ trial runs to it with ``parent_run_id``. The process that owns the parent regist
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import time
 from dataclasses import dataclass
@@ -151,6 +152,11 @@ def logged_trial_numbers(parent_run_id: str) -> set[int]:
     return {int(run.data.tags["optuna.trial"]) for run in runs}
 
 
+@functools.lru_cache(maxsize=8)
+def _experiment_of(run_id: str) -> str:
+    return MlflowClient().get_run(run_id).info.experiment_id
+
+
 def log_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, parent_run_id: str) -> None:
     """One finished trial as a nested run of the study's parent run, from any process.
 
@@ -160,6 +166,7 @@ def log_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, parent_run_i
         return
     nested = mlflow.active_run() is not None
     with mlflow.start_run(run_name=f"trial-{trial.number}", parent_run_id=parent_run_id, nested=nested,
+                          experiment_id=_experiment_of(parent_run_id),  # beside its parent, whatever this worker's
                           tags={"potholes.stage": "tune-trial", "optuna.study": study.study_name,
                                 "optuna.trial": str(trial.number), **tracking.process_tags()}):
         tracking.log_params(trial.params | {"w_deeplab": 1.0 - trial.params["w_unetpp"]})
