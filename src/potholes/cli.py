@@ -123,7 +123,6 @@ def train(ctx: click.Context, data_dir: str, model: str, preset: str, resume: st
     from potholes import distributed
     from potholes.config import ConfigError, resolve_config
     from potholes.models import WeightsUnavailable
-    from potholes.train import run_train
 
     world = distributed.from_env()
     try:
@@ -140,7 +139,10 @@ def train(ctx: click.Context, data_dir: str, model: str, preset: str, resume: st
                 from potholes import resume as resume_mod
 
                 resume_mod.check(config, config.resume)  # refuse here, before starting the processes
+            distributed.check_gpus(nproc)
             sys.exit(distributed.launch(nproc, sys.argv[1:]))
+        from potholes.train import run_train  # not needed by the launcher above
+
         with distributed.process_group():
             run_train(config, data_dir)
     except (ConfigError, DatasetError, WeightsUnavailable, ValueError) as exc:

@@ -82,6 +82,7 @@ def process_group(timeout_minutes: float = 30.0):
         yield world
         return
     if torch.cuda.is_available():
+        check_gpus(int(os.environ.get("LOCAL_WORLD_SIZE", world.size)))
         torch.cuda.set_device(world.local_rank)
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo",
                             timeout=datetime.timedelta(minutes=timeout_minutes))
@@ -91,6 +92,13 @@ def process_group(timeout_minutes: float = 30.0):
     finally:
         signal.signal(signal.SIGTERM, previous)
         dist.destroy_process_group()
+
+
+def check_gpus(nproc: int) -> None:
+    """With CUDA each process needs a GPU of its own (nccl cannot share one between ranks)."""
+    if torch.cuda.is_available() and nproc > torch.cuda.device_count():
+        raise ValueError(f"nproc must be at most the number of GPUs ({torch.cuda.device_count()}) with CUDA, "
+                         f"one process per GPU; got {nproc} processes on this machine")
 
 
 def _tensor(values) -> torch.Tensor:
