@@ -73,7 +73,7 @@ def test_good_params_and_runtime_choice():
     assert resolve_runtime("auto", has_onnx=False, cuda=False) == "torch"
     assert resolve_runtime("onnx", has_onnx=True, cuda=True) == "onnx"
     assert resolve_runtime("torch", has_onnx=True, cuda=False) == "torch"
-    with pytest.raises(ParamError, match=r"param 'runtime': got 'gpu', expected one of \['auto', 'onnx', 'torch'\]"):
+    with pytest.raises(ParamError, match=r"param 'runtime': got 'gpu', expected one of \['auto', 'onnx', 'openvino', 'torch'\]"):
         resolve_runtime("gpu", has_onnx=True, cuda=False)
     with pytest.raises(ParamError, match="param 'runtime': got 'onnx'.*no ONNX graphs"):
         resolve_runtime("onnx", has_onnx=False, cuda=False)

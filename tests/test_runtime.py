@@ -1,5 +1,5 @@
-"""The ONNX Runtime path of the registered ensemble: stored graphs, same masks as torch, and the
-fallback for model versions registered before ONNX export."""
+"""The ONNX Runtime and OpenVINO paths of the registered ensemble: stored graphs, same masks as
+torch, and the fallback for model versions registered before ONNX export."""
 
 import json
 import shutil
@@ -13,6 +13,9 @@ import pytest
 import yaml
 
 from potholes.data import read_image
+from potholes.ensemble import resize_batch
+from potholes.openvino_runner import OpenVinoMembers, native_bf16
+from potholes.ort_runner import resolve_runtime
 from potholes.params import ParamError
 from potholes.postprocess import dice_score
 from potholes.predict import PredictConfig, run_predict
@@ -35,7 +38,7 @@ def test_tune_stores_checked_onnx_graphs_and_they_give_torch_masks(in_smoke_stor
     assert "potholes" in signature.outputs.input_names()
 
     predictor = mlflow.pyfunc.load_model(CHAMPION).unwrap_python_model().predictor
-    assert predictor.runtime == "onnx"  # auto on a CPU-only machine with graphs
+    assert predictor.runtime == ("openvino" if native_bf16() else "onnx")  # auto on a CPU-only machine with graphs
     images = [read_image(p) for p in sorted((in_smoke_store.data / "test" / "images").iterdir())]
     torch_out = predictor.predict(images, runtime="torch")
     onnx_out = predictor.predict(images, runtime="onnx")
@@ -82,3 +85,38 @@ def test_models_without_onnx_fall_back_to_torch_or_fail_clearly(in_smoke_store, 
         run_predict(str(in_smoke_store.data), PredictConfig(model_uri=str(old), output=str(failing), runtime="onnx"),
                     progress=False)
     assert not failing.exists()
+
+
+def test_openvino_runs_the_stored_graphs_with_torch_masks(in_smoke_store):
+    """runtime=openvino compiles the registered ONNX graphs (fp32 encoder, bf16 decoder where the CPU
+    has native bf16) and its masks match torch's like ONNX Runtime's do."""
+    predictor = mlflow.pyfunc.load_model(CHAMPION).unwrap_python_model().predictor
+    images = [read_image(p) for p in sorted((in_smoke_store.data / "test" / "images").iterdir())]
+    torch_out = predictor.predict(images, runtime="torch")
+    openvino_out = predictor.predict(images, runtime="openvino")
+    dice = [dice_score(a[0], b[0]) for a, b in zip(torch_out, openvino_out)]
+    assert np.mean(dice) >= 0.995, dice
+    assert sum(a[0].sum() for a in torch_out) > 0
+    members = predictor.openvino.members
+    assert set(members) == {"unetpp", "deeplab"}
+    if native_bf16():  # split at the encoder's outputs: the encoder in fp32, the decoder in bf16
+        assert predictor.openvino.decoder_precision == "bf16"
+        assert all(m.encoder is not None and len(m.decoder_inputs) > 1 for m in members.values())
+    again = predictor.predict(images, runtime="openvino")
+    for (mask, found), (mask2, found2) in zip(openvino_out, again):
+        np.testing.assert_array_equal(mask, mask2)
+        assert found == found2
+
+    # All fp32 (the path on CPUs without native bf16): the same logits as ONNX Runtime.
+    fp32 = OpenVinoMembers(predictor.onnx.folder, decoder_precision="f32")
+    batch = resize_batch(images[:2], int(predictor.config.members["unetpp"]["img_size"]))
+    np.testing.assert_allclose(fp32.logits("unetpp", batch), predictor.onnx.logits("unetpp", batch), atol=1e-3)
+
+
+def test_openvino_runtime_choice():
+    assert resolve_runtime("auto", has_onnx=True, cuda=False, openvino=True) == "openvino"
+    assert resolve_runtime("auto", has_onnx=True, cuda=False, openvino=False) == "onnx"
+    assert resolve_runtime("auto", has_onnx=True, cuda=True, openvino=True) == "torch"
+    assert resolve_runtime("openvino", has_onnx=True, cuda=True) == "openvino"
+    with pytest.raises(ParamError, match="param 'runtime': got 'openvino'.*no ONNX graphs"):
+        resolve_runtime("openvino", has_onnx=False, cuda=False)

@@ -79,7 +79,7 @@ def test_served_model_matches_predict_and_rejects_bad_requests(in_smoke_store, s
            ({"dataframe_records": [{"image": image}], "params": {"min_area": -5}},
             "param 'min_area': got -5, expected a whole number of pixels >= 0"),
            ({"dataframe_records": [{"image": image}], "params": {"runtime": "gpu"}},
-            "param 'runtime': got 'gpu', expected one of ['auto', 'onnx', 'torch']")]
+            "param 'runtime': got 'gpu', expected one of ['auto', 'onnx', 'openvino', 'torch']")]
     for body, message in bad:
         response = invoke(server, body)
         assert response.status_code == 400, (message, response.status_code, response.text[:500])

@@ -195,8 +195,9 @@ def tune(ctx: click.Context, data_dir: str, **options) -> None:
 @click.option("--output", default="submission.csv", show_default=True, help="submission CSV to write")
 @click.option("--batch-size", default=None, type=Maybe(int, "auto"),
               help="images per forward  [default: auto, 2 on CPU, 16 on CUDA]")
-@click.option("--runtime", default="auto", show_default=True, type=click.Choice(["auto", "onnx", "torch"]),
-              help="auto = ONNX Runtime on CPU when the model holds ONNX graphs, torch on CUDA or otherwise")
+@click.option("--runtime", default="auto", show_default=True, type=click.Choice(["auto", "onnx", "openvino", "torch"]),
+              help="auto = OpenVINO (CPUs with bf16) or ONNX Runtime on CPU when the model holds ONNX graphs, "
+                   "torch on CUDA or otherwise")
 @click.option("--engine", default="local", show_default=True, type=click.Choice(["local", "spark"]),
               help="spark: read and score the images on Spark (pip install -e '.[scale]', Java 17+)")
 @click.option("--spark-master", default="local[*]", show_default=True,

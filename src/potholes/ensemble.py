@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from potholes import instances
+from potholes import instances, openvino_runner
 from potholes import postprocess as pp
 from potholes.augment import normalize_batch
 from potholes.models import load_checkpoint
@@ -71,7 +71,8 @@ def resize_batch(images: list[np.ndarray], size: int) -> np.ndarray:
 
 class EnsemblePredictor:
     """Both members, the tuned post-processing, and the runtime that runs the networks: torch
-    (``models``) or ONNX Runtime (``onnx``, the graphs stored with a registered model)."""
+    (``models``), ONNX Runtime (``onnx``, the graphs stored with a registered model) or OpenVINO
+    (the same graphs, compiled on first use: fp32 encoders, bf16 decoders where the CPU has bf16)."""
 
     def __init__(self, models: dict[str, torch.nn.Module], config: EnsembleConfig, batch_size: int | None = None,
                  onnx: OnnxMembers | None = None, runtime: str = "auto"):
@@ -84,10 +85,14 @@ class EnsemblePredictor:
         self.config = config
         self.batch_size = batch_size or default_batch_size()
         self.onnx = onnx
+        self.openvino: openvino_runner.OpenVinoMembers | None = None  # compiled from `onnx` on first use
+        self._compile_lock = threading.Lock()
         self.runtime = self.runtime_for(runtime)  # fails early on 'onnx' without graphs
         # One forward at a time: concurrent requests would only oversubscribe the cores (and hold
         # more activations); decoding and post-processing still overlap with it.
         self._forward_lock = threading.Lock()
+        if self.runtime == "openvino":
+            self.openvino_members()  # compile now, not in the first request
 
     @classmethod
     def from_checkpoints(cls, checkpoint_dirs: dict[str, Path], config: EnsembleConfig, batch_size: int | None = None,
@@ -98,14 +103,26 @@ class EnsemblePredictor:
         return cls(models, config, batch_size, OnnxMembers(onnx_dir) if onnx_dir else None, runtime)
 
     def runtime_for(self, requested: str | None = None) -> str:
-        """'torch' or 'onnx' for a requested 'auto' | 'onnx' | 'torch' (None: this predictor's own);
-        raises ParamError for anything else and for 'onnx' without ONNX graphs."""
-        return resolve_runtime(requested or getattr(self, "runtime", "auto"), self.onnx is not None,
-                               self.device.type == "cuda")
+        """'torch', 'onnx' or 'openvino' for a requested 'auto' | 'onnx' | 'openvino' | 'torch' (None:
+        this predictor's own); raises ParamError for anything else and for 'onnx' or 'openvino'
+        without ONNX graphs."""
+        requested = requested or getattr(self, "runtime", "auto")
+        cuda = self.device.type == "cuda"
+        prefer_openvino = (requested == "auto" and self.onnx is not None and not cuda
+                           and openvino_runner.native_bf16())
+        return resolve_runtime(requested, self.onnx is not None, cuda, prefer_openvino)
+
+    def openvino_members(self) -> openvino_runner.OpenVinoMembers:
+        with self._compile_lock:
+            if self.openvino is None:
+                self.openvino = openvino_runner.OpenVinoMembers(self.onnx.folder)
+        return self.openvino
 
     def _member_runner(self, runtime: str):
         if runtime == "onnx":
             return self.onnx.logits
+        if runtime == "openvino":
+            return self.openvino_members().logits
         return lambda name, batch: tta_logits(self.models[name], batch, self.config.members[name]["mean"],
                                               self.config.members[name]["std"])
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from potholes.params import ParamError
 
-RUNTIMES = ("auto", "onnx", "torch")
+RUNTIMES = ("auto", "onnx", "openvino", "torch")
 MANIFEST = "manifest.json"
 
 
@@ -67,13 +67,15 @@ def check_runtime(value) -> str:
     return value
 
 
-def resolve_runtime(requested, has_onnx: bool, cuda: bool) -> str:
-    """``auto``: torch on CUDA, else ONNX Runtime when the model holds ONNX graphs, else torch.
-    ``onnx`` on a model without graphs is an error rather than a silent switch."""
+def resolve_runtime(requested, has_onnx: bool, cuda: bool, openvino: bool = False) -> str:
+    """``auto``: torch on CUDA; else, when the model holds ONNX graphs, OpenVINO where ``openvino``
+    (installed, and this CPU runs its mixed fp32/bf16 path natively: `openvino_runner.native_bf16`)
+    or ONNX Runtime; else torch. ``onnx`` or ``openvino`` on a model without graphs is an error
+    rather than a silent switch."""
     requested = check_runtime(requested)
-    if requested == "onnx" and not has_onnx:
+    if requested in ("onnx", "openvino") and not has_onnx:
         raise ParamError("runtime", requested, "'auto' or 'torch': this model version has no ONNX graphs "
                          "(it was registered before ONNX export existed; run tune again to add them)")
     if requested == "auto":
-        return "torch" if cuda or not has_onnx else "onnx"
+        return "torch" if cuda or not has_onnx else "openvino" if openvino else "onnx"
     return requested

@@ -25,7 +25,7 @@ class PredictConfig:
     model_uri: str = DEFAULT_MODEL_URI
     output: str = "submission.csv"
     batch_size: int | None = None  # None: the device's default (2 on CPU, 16 on CUDA)
-    runtime: str = "auto"  # auto | onnx | torch (auto: ONNX Runtime on CPU when the model has graphs)
+    runtime: str = "auto"  # auto | onnx | openvino | torch (see ort_runner.resolve_runtime)
     engine: str = "local"  # local | spark (spark_scoring.py)
     spark_master: str = "local[*]"
 

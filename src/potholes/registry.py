@@ -56,7 +56,7 @@ def model_card(config: EnsembleConfig, val_dice: float, base: dict, digest: str,
             f"DeepLabV3+ alone {base['baseline_deeplab_dice']:.4f}, 50/50@0.4 {base['baseline_blend50_dice']:.4f}).\n"
             f"Input: DataFrame column 'image' = base64 JPEG/PNG; output: rle, height, width, pothole_pixels, "
             f"pothole_fraction, num_potholes, potholes (JSON list); params threshold, min_area, runtime "
-            f"(auto | onnx | torch; ONNX graphs of both members are stored with the model).")
+            f"(auto | onnx | openvino | torch; ONNX graphs of both members are stored with the model).")
 
 
 def log_and_register(predictor: EnsemblePredictor, checkpoint_dirs: dict[str, Path], example_image: Path,
