@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import cli_env
 from ddp_ranks import CONFIG, datasets, rank_worker, tiny_model
-from potholes import distributed
+from potholes import distributed, resume
 from potholes import train as train_mod
 from potholes.config import resolve_config
 from potholes.data import build_manifest
@@ -128,6 +128,11 @@ def test_torchrun_trains_one_run_deterministically_survives_a_lost_rank_and_resu
     lost = client.get_run(run_id)
     assert lost.info.status in ("FAILED", "KILLED")  # ended by rank 0 itself, not left RUNNING
     assert len(client.get_metric_history(run_id, "val_dice")) < 6
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    config = resolve_config("deeplab", "smoke", epochs=6, batch_size=2, val_fraction=0.4, seed=5)
+    with pytest.raises(ValueError, match="trained with world_size=2, not 1; pass as many processes"):
+        resume.check(config, run_id)  # a world of another size would not continue it exactly
 
     out = subprocess.run(["potholes", *TRAIN, *data, "--nproc", "2", "--resume", run_id],
                          capture_output=True, text=True, env=env, cwd=tmp_path)
@@ -142,11 +147,8 @@ def test_torchrun_trains_one_run_deterministically_survives_a_lost_rank_and_resu
                                    err_msg=key)
 
     # the logged val metrics are those of one process evaluating the best checkpoint on the whole val set
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
     model, _ = load_checkpoint(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="checkpoints/best",
                                                                    dst_path=str(tmp_path / "best")))
-    config = resolve_config("deeplab", "smoke", batch_size=2, val_fraction=0.4, seed=5)
     prepared = build_manifest(synth_data, val_fraction=0.4, progress=False)
     images, masks = train_mod.load_split(prepared.layout.root, prepared.manifest, "val", 64, progress=False)
     assert len(images) == 10
