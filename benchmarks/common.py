@@ -109,6 +109,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_until_answering(process, url: str, timeout: float, on_failure, what: str) -> None:
+    """Poll ``url`` until it answers 200; if the server exits or ``timeout`` passes first, call
+    ``on_failure`` (which stops it) and raise with ``what`` and the server's log."""
+    import requests
+
+    deadline = time.time() + timeout
+    while True:
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        if process.poll() is not None or time.time() > deadline:
+            tail = on_failure()
+            raise RuntimeError(f"{what} did not answer {url}: {tail}")
+        time.sleep(0.5)
+
+
 class ModelServer:
     """`mlflow models serve` for ``model_uri`` on a free loopback port; a context manager that
     waits for /ping and stops the server (and its workers) by its process group."""
@@ -120,7 +138,6 @@ class ModelServer:
     def __enter__(self) -> "ModelServer":
         import subprocess
 
-        import requests
 
         port = free_port()
         env = {**os.environ, "MLFLOW_TRACKING_URI": self.tracking_uri,
@@ -131,18 +148,13 @@ class ModelServer:
              "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
             env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
         self.url = f"http://127.0.0.1:{port}"
-        deadline = time.time() + self.timeout
-        while True:
-            try:
-                if requests.get(f"{self.url}/ping", timeout=1).status_code == 200:
-                    return self
-            except requests.ConnectionError:
-                pass
-            if self.process.poll() is not None or time.time() > deadline:
-                self.__exit__(None, None, None)
-                tail = Path(self.log_path).read_text()[-2000:] if self.log_path else ""
-                raise RuntimeError(f"`mlflow models serve` did not answer /ping: {tail}")
-            time.sleep(0.5)
+
+        def stop():
+            self.__exit__(None, None, None)
+            return Path(self.log_path).read_text()[-2000:] if self.log_path else ""
+
+        wait_until_answering(self.process, f"{self.url}/ping", self.timeout, stop, "`mlflow models serve`")
+        return self
 
     def __exit__(self, *exc) -> None:
         import signal

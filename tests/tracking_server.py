@@ -7,9 +7,9 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+from common import wait_until_answering
 from pg import free_port
 
 
@@ -22,7 +22,6 @@ class TrackingServer:
         self.process: subprocess.Popen | None = None
 
     def __enter__(self) -> "TrackingServer":
-        import requests
 
         port = free_port()
         self.artifacts.mkdir(parents=True, exist_ok=True)
@@ -34,17 +33,13 @@ class TrackingServer:
              "--port", str(port), "--workers", str(self.workers)],
             env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
         self.url = f"http://127.0.0.1:{port}"
-        deadline = time.time() + self.timeout
-        while True:
-            try:
-                if requests.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return self
-            except requests.ConnectionError:
-                pass
-            if self.process.poll() is not None or time.time() > deadline:
-                self.__exit__(None, None, None)
-                raise RuntimeError(f"`mlflow server` did not answer /health:\n{self.log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
+
+        def stop():
+            self.__exit__(None, None, None)
+            return "\n" + self.log_path.read_text()[-3000:]
+
+        wait_until_answering(self.process, f"{self.url}/health", self.timeout, stop, "`mlflow server`")
+        return self
 
     def __exit__(self, *exc) -> None:
         if self.process is not None and self.process.poll() is None:
