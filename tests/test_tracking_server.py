@@ -34,7 +34,7 @@ def test_pipeline_predict_and_serving_through_a_tracking_server(tracking_server,
 
     work = tmp_path / "client"
     work.mkdir()
-    env = cli_env(work, MLFLOW_TRACKING_URI=tracking_server.url)
+    env = cli_env(work, MLFLOW_TRACKING_URI=tracking_server.url, XDG_CACHE_HOME=str(tmp_path / "cache"))
     bin_dir = Path(sys.executable).parent
     output = work / "submission.csv"
     out = subprocess.run([str(bin_dir / "mlflow"), "run", str(REPO), "--env-manager", "local", "--experiment-name",
@@ -63,6 +63,8 @@ def test_pipeline_predict_and_serving_through_a_tracking_server(tracking_server,
     stored_file = tracking_server.artifacts / experiment.experiment_id / predict_run.info.run_id / "artifacts" / "submission.csv"
     assert stored_file.read_text() == output.read_text()
     assert not (work / "mlruns").exists() and not (work / "mlflow.db").exists()
+    # the study went to the user's cache folder, not into the checkout `mlflow run` runs in
+    assert (tmp_path / "cache" / "potholes" / "optuna.db").is_file() and not (REPO / "optuna.db").exists()
 
     # Registry: the champion is this pipeline's version, and predict loads it over HTTP.
     champion = client.get_model_version_by_alias("pothole-ensemble", "champion")

@@ -90,9 +90,15 @@ def check_train_run(run_id: str, model: str, digest: str) -> None:
 
 
 def default_storage() -> str:
-    """The Optuna study lives beside the MLflow SQLite store (``optuna.db``), else in the cwd."""
+    """The Optuna study lives beside the MLflow SQLite store (``optuna.db``). With any other
+    tracking store (a server) it goes to the user's cache folder, never into the project
+    checkout that `mlflow run` runs in; teams pass ``--storage`` to share one."""
     uri = mlflow.get_tracking_uri()
-    folder = Path(uri.removeprefix("sqlite:///")).parent if uri.startswith("sqlite:///") else Path.cwd()
+    if uri.startswith("sqlite:///"):
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+    else:
+        folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "potholes"
+        folder.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{(folder / 'optuna.db').resolve()}"
 
 
