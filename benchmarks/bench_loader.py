@@ -15,7 +15,7 @@ from common import dataset, parser, report
 from potholes import augment
 from potholes.config import resolve_config
 from potholes.data import build_manifest
-from potholes.train import SegmentationDataset, criterion, init_state, load_split, make_loader
+from potholes.train import SegmentationDataset, criterion, init_state, load_split, make_loader, plan_training
 
 
 def main() -> None:
@@ -29,7 +29,7 @@ def main() -> None:
         prepared = build_manifest(data, progress=False)
         images, masks = load_split(prepared.layout.root, prepared.manifest, "train", config.img_size, progress=False)
         loader = make_loader(SegmentationDataset(images, masks, config.mean, config.std, augment.train_transform(config.seed), config.seed),
-                             config, train=True)
+                             config, train=True, steps_per_round=len(images) // config.batch_size)
         iterator = iter(loader)
         next(iterator)  # worker start-up is paid once per run (persistent workers)
         seen, start = 0, time.perf_counter()
@@ -42,7 +42,8 @@ def main() -> None:
             seen += len(batch)
         loader_rate = seen / (time.perf_counter() - start)
 
-        state = init_state(config, torch.device("cpu"))
+        plan = plan_training(train_images=len(images), batch_size=config.batch_size, steps=steps + 1)
+        state = init_state(config, plan, torch.device("cpu"))
         loss_fn = criterion(config)
         x = torch.randn(config.batch_size, 3, config.img_size, config.img_size).contiguous(memory_format=torch.channels_last)
         y = (torch.rand(config.batch_size, 1, config.img_size, config.img_size) > 0.8).float()

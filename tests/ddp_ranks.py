@@ -28,7 +28,7 @@ def arrays(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 CONFIG = dict(model="unetpp", preset="smoke", batch_size=2, seed=7)
-N_TRAIN, N_VAL = 9, 5  # uneven on purpose: the sampler pads training; validation batches are (4, 1) on ranks (0, 1)
+N_TRAIN, N_VAL = 9, 5  # uneven on purpose: the stream runs across passes; validation batches are (4, 1) on ranks (0, 1)
 
 
 def datasets(config):
@@ -50,10 +50,11 @@ def rank_worker(rank: int, port: int, out_dir: str) -> None:
         # lr 0: the weights stay put, so each batch's loss is what one process computes for that batch
         optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
         train_set, val_set = datasets(config)
-        loader = train_mod.make_loader(train_set, config, train=True, rank=rank, world_size=2)
-        loader.sampler.set_epoch(3)
+        loader = train_mod.make_loader(train_set, config, train=True, rank=rank, world_size=2, steps_per_round=2)
+        loader.sampler.set_round(3)
         loss_fn = train_mod.criterion(config)
-        trained = train_mod.train_one_epoch(parallel, loader, optimizer, loss_fn, device, progress=False)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        trained = train_mod.train_round(parallel, loader, optimizer, scheduler, loss_fn, device, progress=False)
         val_loader = train_mod.make_loader(val_set, config, train=False, rank=rank, world_size=2)
         validated = train_mod.evaluate(model, val_loader, loss_fn, 0.4, device)
         torch.save({"train": trained, "val": validated, "state": model.state_dict(),

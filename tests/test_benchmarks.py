@@ -17,7 +17,10 @@ SCRIPTS = {
                          and all(row["errors"] == 0 and row["rss_mb_after"] > 0 for row in r["rows"])),
     "bench_runtime.py": ("runtime", lambda r: r["rows"][0]["runtime_vs_torch"] > 0
                          and r["rows"][0]["mask_dice_mean"] >= 0.995 and r["rows"][0]["gflop_per_image"] > 0),
-    "bench_quality.py": ("quality", lambda r: 0 <= r["rows"][0]["test_dice"] <= 1),
+    "bench_quality.py": ("quality", lambda r: 0 <= r["rows"][0]["test_dice"] <= 1 and r["test_dice_mean"] is not None),
+    "bench_recipes.py": ("recipes", lambda r: [row["candidate"] for row in r["rows"]] == ["base", "tversky"]
+                         and all(len(row["val_dice"]) == 2 and row["val_dice_spread"] >= 0 for row in r["rows"])),
+    "bench_scale.py": ("scale", lambda r: r["rows"][0]["train_pairs"] == 30 and r["rows"][0]["wall_seconds"] > 0),
 }
 
 

@@ -6,8 +6,10 @@ from potholes.config import LITE0_MEAN, ConfigError, resolve_config
 def test_full_preset_is_the_seed_recipe():
     u = resolve_config("unetpp", "full")
     d = resolve_config("deeplab", "full")
-    assert (u.encoder, u.img_size, u.batch_size, u.epochs, u.lr, u.weight_decay) == ("efficientnet-b4", 512, 4, 28, 1e-4, 1e-4)
-    assert (d.encoder, d.epochs) == ("resnet101", 20)
+    # the seed's 28 / 20 epochs of 202 images at batch 4 (50 steps each), as a step budget
+    assert (u.encoder, u.img_size, u.batch_size, u.steps, u.lr, u.weight_decay) == ("efficientnet-b4", 512, 4, 1400, 1e-4, 1e-4)
+    assert (d.encoder, d.steps) == ("resnet101", 1000)
+    assert u.epochs is None
     assert u.mean == (0.485, 0.456, 0.406) and u.encoder_weights == "imagenet"
     assert u.focal_weight == 0.6 and u.focal_gamma == 2.0 and u.val_threshold == 0.4
 
@@ -33,6 +35,11 @@ def test_explicit_values_beat_the_preset():
     (dict(model="segformer"), "model must be one of"),
     (dict(preset="huge"), "preset must be one of"),
     (dict(epochs=0), "epochs must be a positive integer"),
+    (dict(steps=0), "steps must be a positive integer, got 0"),
+    (dict(rounds=-2), "rounds must be a positive integer, got -2"),
+    (dict(warmup=1.5), r"warmup must be a share of the steps in \[0, 1\), got 1.5"),
+    (dict(ema=1.0), r"ema must be a decay in \[0, 1\)"),
+    (dict(loss="bce"), "loss must be one of \\['dice_focal', 'tversky_focal'\\], got 'bce'"),
     (dict(img_size=100), "img_size must be a multiple of 32"),
     (dict(batch_size=-1), "batch_size"),
     (dict(encoder_weights="ssl"), "encoder_weights must be"),

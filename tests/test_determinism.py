@@ -35,7 +35,7 @@ def test_pipeline_children_share_one_stream_not_one_seed():
     assert one_of.transforms[0].random_generator is nested.random_generator
 
 
-def test_augmentation_is_a_function_of_seed_epoch_and_index():
+def test_augmentation_is_a_function_of_seed_pass_and_index():
     image, mask = road_image()
     dataset = train_mod.SegmentationDataset(np.stack([image] * 4), np.stack([mask] * 4), (0.5,) * 3, (0.5,) * 3,
                                             augment.train_transform(7), seed=7)
@@ -43,13 +43,13 @@ def test_augmentation_is_a_function_of_seed_epoch_and_index():
     again = [dataset[(1, i)][0] for i in range(4)]
     for a, b in zip(first, again):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
-    # the same image at different indices or epochs is augmented differently
+    # the same image at different indices or passes is augmented differently
     assert not torch.equal(first[0], first[1])
     assert not torch.equal(first[0], dataset[(2, 0)][0])
 
 
-def collect(loader, epoch: int) -> list[torch.Tensor]:
-    loader.sampler.set_epoch(epoch)
+def collect(loader, round_: int) -> list[torch.Tensor]:
+    loader.sampler.set_round(round_)
     return [images[0] for images, _ in loader]
 
 
@@ -59,14 +59,14 @@ def test_two_workers_draw_different_augmentations_and_match_one_process():
     dataset = train_mod.SegmentationDataset(np.stack([image] * n), np.stack([mask] * n), (0.5,) * 3, (0.5,) * 3,
                                             augment.train_transform(3), seed=3)
     config = resolve_config("unetpp", "smoke", batch_size=1, num_workers=2, seed=3)
-    two = collect(train_mod.make_loader(dataset, config, train=True), epoch=1)
+    two = collect(train_mod.make_loader(dataset, config, train=True, steps_per_round=n), round_=1)
     # batches alternate between the two workers: items 0 and 1 are each worker's first draw,
     # which were identical when every spawned worker started from the same state
     assert not torch.equal(two[0], two[1])
     distinct = {t.numpy().tobytes() for t in two}
     assert len(distinct) >= n - 1  # identical images, (almost) all augmented differently
     single = collect(train_mod.make_loader(dataset, resolve_config("unetpp", "smoke", batch_size=1, num_workers=0,
-                                                                   seed=3), train=True), epoch=1)
+                                                                   seed=3), train=True, steps_per_round=n), round_=1)
     for a, b in zip(two, single):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 

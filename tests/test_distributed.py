@@ -61,13 +61,13 @@ def test_two_ranks_reduce_train_loss_and_validate_each_image_once(tmp_path):
     # train_loss: the mean over both ranks' batches, each computed here with the untouched weights
     model, total, seen = tiny_model().train(), 0.0, 0
     for rank in (0, 1):
-        loader = train_mod.make_loader(train_set, config, train=True, rank=rank, world_size=2)
-        loader.sampler.set_epoch(3)
+        loader = train_mod.make_loader(train_set, config, train=True, rank=rank, world_size=2, steps_per_round=2)
+        loader.sampler.set_round(3)
         with torch.no_grad():
             for images, masks in loader:
                 total += float(loss_fn(model(images.contiguous(memory_format=torch.channels_last)), masks)) * len(images)
                 seen += len(images)
-    assert seen == 8  # 9 images padded to 10, 5 a rank, 2 full batches each
+    assert seen == 8  # 2 steps of 2 images a rank
     for rank in ranks:
         assert rank["train"]["train_loss"] == pytest.approx(total / seen, rel=1e-6)
 
@@ -110,15 +110,15 @@ def test_torchrun_trains_one_run_deterministically_survives_a_lost_rank_and_resu
     assert out.returncode == 0, out.stderr[-3000:]
     [straight] = train_runs(uri)
     assert straight.info.status == "FINISHED" and straight.data.params["config.world_size"] == "2"
-    assert out.stdout.count("| epoch 01/6 |") == 1  # rank 0 alone reports
+    assert out.stdout.count("| round 01/6 |") == 1  # rank 0 alone reports
 
-    # the same training through `potholes train --nproc 2`; rank 1 dies after epoch 1's resume point
+    # the same training through `potholes train --nproc 2`; rank 1 dies after round 1's resume point
     launcher = subprocess.Popen(["potholes", *TRAIN, *data, "--nproc", "2"], env=env, cwd=tmp_path,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         client = MlflowClient(uri)
         run = wait_for(lambda: next(iter(train_runs(uri)[1:]), None), what="the second run")
-        wait_for(lambda: client.list_artifacts(run.info.run_id, "checkpoints/last"), what="epoch 1's resume point")
+        wait_for(lambda: client.list_artifacts(run.info.run_id, "checkpoints/last"), what="round 1's resume point")
         rank_process(launcher, 1).send_signal(signal.SIGKILL)
         assert launcher.wait(timeout=120) != 0  # torchrun stops rank 0 and fails; nothing hangs
     finally:
@@ -137,12 +137,12 @@ def test_torchrun_trains_one_run_deterministically_survives_a_lost_rank_and_resu
     out = subprocess.run(["potholes", *TRAIN, *data, "--nproc", "2", "--resume", run_id],
                          capture_output=True, text=True, env=env, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert f"resuming run {run_id} after epoch" in out.stdout
+    assert f"resuming run {run_id} after round" in out.stdout
     assert [r.info.run_id for r in train_runs(uri)] == [straight.info.run_id, run_id]  # one run per training
     assert client.get_run(run_id).info.status == "FINISHED"
     resumed, expected = curves(run_id), curves(straight.info.run_id)
     for key in expected:
-        assert [step for step, _ in resumed[key]] == list(range(1, 7)), key
+        assert [step for step, _ in resumed[key]] == [3 * r for r in range(1, 7)], key  # 3 steps a round
         np.testing.assert_allclose([v for _, v in resumed[key]], [v for _, v in expected[key]], rtol=0, atol=1e-6,
                                    err_msg=key)
 
@@ -157,6 +157,6 @@ def test_torchrun_trains_one_run_deterministically_survives_a_lost_rank_and_resu
                                                       config, train=False),
                                 train_mod.criterion(config), 0.4, torch.device("cpu"))
     metrics = client.get_run(run_id).data.metrics
-    best_epoch = int(metrics["best_epoch"])
+    best_step = int(metrics["best_step"])
     assert scores["val_dice"] == pytest.approx(metrics["best_val_dice"], abs=1e-9)
-    assert scores["val_loss"] == pytest.approx(dict(expected["val_loss"])[best_epoch], rel=1e-6)
+    assert scores["val_loss"] == pytest.approx(dict(expected["val_loss"])[best_step], rel=1e-6)

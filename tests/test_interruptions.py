@@ -13,6 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import cli_env
+from test_train import round_steps
 from potholes import tracking
 
 TRAIN = ["train", "--model", "deeplab", "--preset", "smoke", "--epochs", "4", "--seed", "5"]
@@ -48,7 +49,7 @@ def train_runs(uri: str) -> list:
 
 
 @pytest.mark.slow
-def test_kill_9_mid_epoch_then_resume_ends_like_a_straight_run(tmp_path, synth_data, monkeypatch):
+def test_kill_9_mid_round_then_resume_ends_like_a_straight_run(tmp_path, synth_data, monkeypatch):
     env = cli_env(tmp_path)
     data = ["--data-dir", str(synth_data)]
     potholes(*TRAIN, *data, env=env, cwd=tmp_path)
@@ -59,9 +60,9 @@ def test_kill_9_mid_epoch_then_resume_ends_like_a_straight_run(tmp_path, synth_d
     try:
         run = wait_for(lambda: next(iter(train_runs(env["MLFLOW_TRACKING_URI"])[1:]), None), what="the second run")
         client = MlflowClient()
-        # the resume point of epoch 1 is on the store: epoch 2 is under way
+        # the resume point of round 1 is on the store: round 2 is under way
         wait_for(lambda: "checkpoints/last/last.pt" in {f.path for f in client.list_artifacts(run.info.run_id, "checkpoints/last")},
-                 what="epoch 1's resume point")
+                 what="round 1's resume point")
         victim.send_signal(signal.SIGKILL)
     finally:
         victim.kill()
@@ -77,11 +78,11 @@ def test_kill_9_mid_epoch_then_resume_ends_like_a_straight_run(tmp_path, synth_d
     assert killed.info.status == "KILLED" and "was gone" in killed.data.tags["potholes.marked_killed"]
 
     out = potholes(*TRAIN, *data, "--resume", run_id, env=env, cwd=tmp_path)
-    assert f"resuming run {run_id} after epoch" in out.stdout
+    assert f"resuming run {run_id} after round" in out.stdout
     resumed = curves(run_id)
     expected = curves(straight.info.run_id)
     for key in expected:
-        assert [step for step, _ in resumed[key]] == [1, 2, 3, 4], key  # each epoch once
+        assert [step for step, _ in resumed[key]] == round_steps(run_id), key  # each round once
         np.testing.assert_allclose([v for _, v in resumed[key]], [v for _, v in expected[key]], rtol=0, atol=1e-6,
                                    err_msg=key)
     assert client.get_run(run_id).info.status == "FINISHED"

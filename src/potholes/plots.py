@@ -50,17 +50,17 @@ def overlay_grid(panels: list[tuple[str, np.ndarray]], columns: int = 4, size: f
 
 
 def training_curves(history: list[dict]):
-    """Loss and Dice per epoch."""
-    epochs = [h["epoch"] for h in history]
+    """Loss and Dice at the end of each round, against optimizer steps."""
+    steps = [h["step"] for h in history]
     fig, (loss_ax, dice_ax) = plt.subplots(1, 2, figsize=(10, 4))
-    loss_ax.plot(epochs, [h["train_loss"] for h in history], label="train")
-    loss_ax.plot(epochs, [h["val_loss"] for h in history], label="val")
-    loss_ax.set_title("loss (Dice + 0.6 Focal)")
-    loss_ax.set_xlabel("epoch")
+    loss_ax.plot(steps, [h["train_loss"] for h in history], label="train")
+    loss_ax.plot(steps, [h["val_loss"] for h in history], label="val")
+    loss_ax.set_title("loss")
+    loss_ax.set_xlabel("optimizer step")
     loss_ax.legend()
-    dice_ax.plot(epochs, [h["val_dice"] for h in history], color="#55a868")
+    dice_ax.plot(steps, [h["val_dice"] for h in history], color="#55a868")
     dice_ax.set_title("validation Dice @0.4")
-    dice_ax.set_xlabel("epoch")
+    dice_ax.set_xlabel("optimizer step")
     fig.tight_layout()
     return fig
 

@@ -1,5 +1,5 @@
 """Resume points of train runs: what an interrupted run left on the store, and whether it may
-be continued (same model, size and length; its process gone; epochs left to train)."""
+be continued (same model, size and length; its process gone; rounds left to train)."""
 
 from __future__ import annotations
 
@@ -15,14 +15,15 @@ from potholes import tracking
 from potholes.config import TrainConfig
 
 MODEL_TAG = "potholes.logged_model_id"
-MUST_MATCH = ("model", "encoder", "img_size", "epochs", "seed", "batch_size", "world_size")
+MUST_MATCH = ("model", "encoder", "img_size", "steps", "epochs", "rounds", "warmup", "ema", "loss", "seed", "batch_size",
+              "world_size")
 
 
 @dataclass
 class ResumePoint:
-    payload: dict  # model, optimizer, scheduler, epoch, best so far, history
+    payload: dict  # model, optimizer, scheduler, weight average, round, best so far, history
     best_state: dict | None  # the best weights, for the end-of-run overlays
-    logged_steps: set[int]  # epochs whose metrics are on the run already
+    logged_steps: set[int]  # steps whose metrics are on the run already
 
 
 def check(config: TrainConfig, run_id: str) -> None:
@@ -35,7 +36,7 @@ def check(config: TrainConfig, run_id: str) -> None:
         raise ValueError(f"resume: run '{run_id}' is still running (process {run.data.tags.get('potholes.pid')} "
                          f"on {run.data.tags.get('potholes.host')}); stop it before resuming")
     if run.info.status == "FINISHED":
-        raise ValueError(f"resume: run '{run_id}' finished all its epochs; nothing to resume")
+        raise ValueError(f"resume: run '{run_id}' finished all its rounds; nothing to resume")
     if MODEL_TAG not in run.data.tags:
         raise ValueError(f"resume: run '{run_id}' is not a train run of this version (no {MODEL_TAG} tag)")
     params = run.data.params

@@ -1,7 +1,8 @@
-"""Training: dataset, criterion, evaluate, train_one_epoch, fit; `run_train` is the MLflow edge.
+"""Training: criterion, evaluate, train_round, fit; `run_train` is the MLflow edge.
 
 Reads top to bottom like torchvision's segmentation reference. `fit` knows nothing of MLflow:
-it reports each epoch to a callback, which `run_train` turns into metrics and artifacts.
+it reports each round (`potholes.budget`: a share of the step budget, then validation) to a
+callback, which `run_train` turns into metrics and artifacts.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 
 from potholes import augment, distributed
+from potholes.budget import Plan, plan_training, warmup_cosine
 from potholes.config import TrainConfig
 from potholes.models import build_model
 from potholes.training_data import SegmentationDataset, load_split, make_loader, seed_everything
@@ -25,12 +27,16 @@ from potholes.training_data import SegmentationDataset, load_split, make_loader,
 
 # ----------------------------------------------------------------------------- loss and metric
 def criterion(config: TrainConfig) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """Dice + 0.6 x Focal(gamma=2) on logits, as the seed."""
-    from segmentation_models_pytorch.losses import DiceLoss, FocalLoss
+    """Dice + 0.6 x Focal(gamma=2) on logits, as the seed; ``loss="tversky_focal"`` swaps Dice for
+    Tversky(alpha=0.3, beta=0.7), which weighs missed pothole pixels above false alarms."""
+    from segmentation_models_pytorch.losses import DiceLoss, FocalLoss, TverskyLoss
 
-    dice = DiceLoss(mode="binary", from_logits=True)
+    if config.loss == "tversky_focal":
+        overlap = TverskyLoss(mode="binary", from_logits=True, alpha=0.3, beta=0.7)
+    else:
+        overlap = DiceLoss(mode="binary", from_logits=True)
     focal = FocalLoss(mode="binary", gamma=config.focal_gamma)
-    return lambda logits, target: dice(logits, target) + config.focal_weight * focal(logits, target)
+    return lambda logits, target: overlap(logits, target) + config.focal_weight * focal(logits, target)
 
 
 def dice_per_image(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -72,7 +78,9 @@ def evaluate(model, loader, loss_fn, threshold: float, device) -> dict:
     return {"val_loss": losses / max(seen, 1), "val_dice": dices / seen if seen else 0.0}
 
 
-def train_one_epoch(model, loader, optimizer, loss_fn, device, scaler=None, progress: bool = True) -> dict:
+def train_round(model, loader, optimizer, scheduler, loss_fn, device, scaler=None, ema=None,
+                progress: bool = True) -> dict:
+    """One round's steps; the learning rate and the weight average follow each optimizer step."""
     from tqdm.auto import tqdm
 
     model.train()
@@ -90,10 +98,13 @@ def train_one_epoch(model, loader, optimizer, loss_fn, device, scaler=None, prog
         else:
             loss.backward()
             optimizer.step()
+        scheduler.step()
+        if ema is not None:
+            ema.update_parameters(model)
         total += loss.item() * len(images)
         seen += len(images)
         bar.set_postfix(loss=f"{total / seen:.4f}")
-    total, seen = distributed.all_sum(total, seen)  # the epoch's mean over all ranks' images
+    total, seen = distributed.all_sum(total, seen)  # the round's mean over all ranks' images
     distributed.sync_buffers(model)
     seconds = time.perf_counter() - start
     return {"train_loss": total / max(seen, 1), "train_images_per_second": seen / seconds if seconds else 0.0}
@@ -105,94 +116,111 @@ class TrainState:
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    epoch: int = 0  # last finished epoch
+    plan: Plan
+    ema: torch.optim.swa_utils.AveragedModel | None = None  # the weights validated and kept, when on
+    round: int = 0  # last finished round
     best_dice: float = -1.0
-    best_epoch: int = 0
+    best_step: int = 0
     best_state: dict | None = None
     history: list[dict] = field(default_factory=list)
     parallel: torch.nn.Module | None = None  # the DDP wrapper of ``model`` that trains under torchrun
 
+    @property
+    def kept(self) -> torch.nn.Module:
+        """The network that is validated and saved: the weight average when there is one."""
+        return self.model if self.ema is None else self.ema.module
+
     def resume_payload(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "epoch": self.epoch, "best_dice": self.best_dice,
-                "best_epoch": self.best_epoch, "history": self.history}
+                "scheduler": self.scheduler.state_dict(), "ema": None if self.ema is None else self.ema.state_dict(),
+                "round": self.round, "best_dice": self.best_dice, "best_step": self.best_step, "history": self.history}
 
     def restore(self, payload: dict) -> None:
         self.model.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
-        self.epoch, self.best_dice = int(payload["epoch"]), float(payload["best_dice"])
-        self.best_epoch, self.history = int(payload["best_epoch"]), list(payload["history"])
+        if self.ema is not None:
+            self.ema.load_state_dict(payload["ema"])
+        self.round, self.best_dice = int(payload["round"]), float(payload["best_dice"])
+        self.best_step, self.history = int(payload["best_step"]), list(payload["history"])
 
 
-def init_state(config: TrainConfig, device) -> TrainState:
+def init_state(config: TrainConfig, plan: Plan, device) -> TrainState:
     seed_everything(config.seed)
     model = build_model(config.model, config.encoder, config.encoder_weights)
     model = model.to(device).to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
-    return TrainState(model, optimizer, scheduler)
+    ema = None
+    if config.ema > 0:  # BatchNorm statistics are averaged along with the weights (use_buffers)
+        ema = torch.optim.swa_utils.AveragedModel(
+            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema), use_buffers=True)
+    return TrainState(model, optimizer, warmup_cosine(optimizer, plan), plan, ema)
 
 
-EpochCallback = Callable[[TrainState, dict, bool], None]
+RoundCallback = Callable[[TrainState, dict, bool], None]
 
 
 def fit(config: TrainConfig, state: TrainState, train_loader, val_loader, device,
-        on_epoch_end: EpochCallback | None = None, progress: bool = True) -> TrainState:
-    """Train from ``state.epoch + 1`` to ``config.epochs``, keeping the best weights by val Dice."""
+        on_round_end: RoundCallback | None = None, progress: bool = True) -> TrainState:
+    """Train from round ``state.round + 1`` to the plan's last, keeping the best weights by val Dice."""
     loss_fn = criterion(config)
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
-    for epoch in range(state.epoch + 1, config.epochs + 1):
+    plan = state.plan
+    for round_ in range(state.round + 1, plan.rounds + 1):
         start = time.perf_counter()
-        # Everything random in epoch k is a function of (seed, k): data order, augmentations and
+        # Everything random in round r is a function of (seed, r): data order, augmentations and
         # the model's own draws (DeepLabV3+'s dropout), so a resumed run replays it exactly.
-        train_loader.sampler.set_epoch(epoch)
-        torch.manual_seed(config.seed * 1_000_003 + epoch + 1_000_000_007 * distributed.rank())
-        lr = state.optimizer.param_groups[0]["lr"]
+        train_loader.sampler.set_round(round_)
+        torch.manual_seed(config.seed * 1_000_003 + round_ + 1_000_000_007 * distributed.rank())
         trained = state.model if state.parallel is None else state.parallel
-        metrics = train_one_epoch(trained, train_loader, state.optimizer, loss_fn, device, scaler, progress)
-        metrics |= evaluate(state.model, val_loader, loss_fn, config.val_threshold, device)
-        state.scheduler.step()
-        metrics |= {"epoch": epoch, "lr": lr, "epoch_seconds": time.perf_counter() - start}
-        state.epoch = epoch
+        metrics = train_round(trained, train_loader, state.optimizer, state.scheduler, loss_fn, device, scaler,
+                              state.ema, progress)
+        metrics |= evaluate(state.kept, val_loader, loss_fn, config.val_threshold, device)
+        step = round_ * plan.steps_per_round
+        metrics |= {"round": round_, "step": step, "lr": state.optimizer.param_groups[0]["lr"],
+                    "passes": step * plan.images_per_step / plan.train_images,
+                    "round_seconds": time.perf_counter() - start}
+        state.round = round_
         state.history.append(metrics)
         improved = metrics["val_dice"] > state.best_dice
         if improved:
-            state.best_dice, state.best_epoch = metrics["val_dice"], epoch
-            state.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in state.model.state_dict().items()})
+            state.best_dice, state.best_step = metrics["val_dice"], step
+            state.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in state.kept.state_dict().items()})
         if distributed.is_main():
-            print(f"{config.model} | epoch {epoch:02d}/{config.epochs} | train_loss {metrics['train_loss']:.4f} "
-                  f"| val_loss {metrics['val_loss']:.4f} | val_dice {metrics['val_dice']:.4f}"
-                  f"{' (best)' if improved else ''} | {metrics['epoch_seconds']:.0f}s", flush=True)
-        if on_epoch_end is not None:
-            on_epoch_end(state, metrics, improved)
+            print(f"{config.model} | round {round_:02d}/{plan.rounds} | step {step}/{plan.total_steps} "
+                  f"| train_loss {metrics['train_loss']:.4f} | val_loss {metrics['val_loss']:.4f} "
+                  f"| val_dice {metrics['val_dice']:.4f}{' (best)' if improved else ''} "
+                  f"| {metrics['round_seconds']:.0f}s", flush=True)
+        if on_round_end is not None:
+            on_round_end(state, metrics, improved)
     return state
 
 
 # ----------------------------------------------------------------------------- MLflow edge
-def _log_epoch(config: TrainConfig, model_id: str, logged_steps: set[int]):
-    """The callback that makes each epoch visible in MLflow the moment it ends.
+def _log_round(config: TrainConfig, model_id: str, logged_steps: set[int]):
+    """The callback that makes each round visible in MLflow the moment it ends, at the optimizer
+    step where it ends (so runs of different lengths and datasets line up in the UI).
 
     Order matters for ``kill -9``: the best checkpoint, then the metrics, then the resume point.
-    A kill between them makes the resumed run redo that epoch, identically; ``logged_steps``
-    (epochs already on the run) keeps it from logging the same step twice.
+    A kill between them makes the resumed run redo that round, identically; ``logged_steps``
+    (steps already on the run) keeps it from logging the same step twice.
     """
     import mlflow
 
     from potholes.models import save_checkpoint
 
     def callback(state: TrainState, metrics: dict, improved: bool) -> None:
-        epoch = metrics["epoch"]
+        step = metrics["step"]
         with tempfile.TemporaryDirectory() as tmp:
             if improved:  # the best checkpoint is safe on the store as soon as it exists
-                folder = save_checkpoint(state.best_state, config.model_config() | {"epoch": epoch, "val_dice": metrics["val_dice"]},
+                folder = save_checkpoint(state.best_state, config.model_config() | {"step": step, "val_dice": metrics["val_dice"]},
                                          Path(tmp) / "best")
                 mlflow.log_artifacts(str(folder), "checkpoints/best")
                 mlflow.MlflowClient().log_model_artifacts(model_id, str(folder))
-            if epoch not in logged_steps:
-                mlflow.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=epoch, model_id=model_id)
+            if step not in logged_steps:
+                mlflow.log_metrics({k: v for k, v in metrics.items() if k != "step"}, step=step, model_id=model_id)
                 if improved:
-                    mlflow.log_metrics({"best_val_dice": metrics["val_dice"], "best_epoch": epoch}, step=epoch,
+                    mlflow.log_metrics({"best_val_dice": metrics["val_dice"], "best_step": step}, step=step,
                                        model_id=model_id)
             last = Path(tmp) / "last.pt"
             torch.save(state.resume_payload(), last)
@@ -204,7 +232,7 @@ def _log_epoch(config: TrainConfig, model_id: str, logged_steps: set[int]):
 def _validation_overlays(state: TrainState, images: np.ndarray, masks: np.ndarray, config: TrainConfig, device, count: int = 8):
     from potholes import plots
 
-    model = copy.deepcopy(state.model)
+    model = copy.deepcopy(state.kept)
     if state.best_state is not None:
         model.load_state_dict(state.best_state)
     model.eval()
@@ -238,14 +266,21 @@ def run_train(config: TrainConfig, data_dir: str, progress: bool = True) -> dict
     if main:
         print("resolved config:", ", ".join(f"{k}={v}" for k, v in config.as_params().items()), flush=True)
     device = device_for_training(config.deterministic)
-    state = init_state(config, device)  # fails here, before any run, when weights are unavailable
+    build_model(config.model, config.encoder, config.encoder_weights)  # fails here, before any run, without weights
     prepared = build_manifest(data_dir, config.val_fraction, config.split_seed, progress=progress)
     root, manifest = prepared.layout.root, prepared.manifest
+    plan = plan_training(train_images=int((manifest["split"] == "train").sum()), batch_size=config.batch_size,
+                         world_size=config.world_size, steps=config.steps, epochs=config.epochs,
+                         rounds=config.rounds, warmup=config.warmup, val_images=int((manifest["split"] == "val").sum()))
+    if main:
+        print(f"{config.model}: {plan.describe()}", flush=True)
+    state = init_state(config, plan, device)
     train_images, train_masks = load_split(root, manifest, "train", config.img_size, progress)
     val_images, val_masks = load_split(root, manifest, "val", config.img_size, progress)
     train_loader = make_loader(SegmentationDataset(train_images, train_masks, config.mean, config.std,
                                                    augment.train_transform(config.seed), config.seed),
-                               config, train=True, rank=distributed.rank(), world_size=config.world_size)
+                               config, train=True, rank=distributed.rank(), world_size=config.world_size,
+                               steps_per_round=plan.steps_per_round)
     val_loader = make_loader(SegmentationDataset(val_images, val_masks, config.mean, config.std), config, train=False,
                              rank=distributed.rank(), world_size=config.world_size)
 
@@ -256,14 +291,15 @@ def run_train(config: TrainConfig, data_dir: str, progress: bool = True) -> dict
         state.restore(point.payload)
         state.best_state, logged_steps = point.best_state, point.logged_steps
         if main:
-            print(f"resuming run {run_id} after epoch {state.epoch}", flush=True)
+            print(f"resuming run {run_id} after round {state.round} (step {state.round * plan.steps_per_round})",
+                  flush=True)
         if main and os.environ.get("MLFLOW_RUN_ID"):  # `mlflow run` made a fresh run: point it at the real one
             launcher_run = os.environ.pop("MLFLOW_RUN_ID")
             mlflow.MlflowClient().set_tag(launcher_run, "potholes.continued_in", run_id)
     state.parallel = distributed.wrap(state.model, device)
     if not main:  # the other ranks train alongside rank 0 and leave MLflow to it
         fit(config, state, train_loader, val_loader, device, progress=False)
-        return {"run_id": run_id, "best_val_dice": state.best_dice, "best_epoch": state.best_epoch}
+        return {"run_id": run_id, "best_val_dice": state.best_dice, "best_step": state.best_step}
 
     with tracking.stage_run("train", run_name=f"train-{config.model}", tags={"model": config.model},
                             run_id=run_id, log_system_metrics=True) as run:
@@ -278,14 +314,15 @@ def run_train(config: TrainConfig, data_dir: str, progress: bool = True) -> dict
             mlflow.set_tags({resume.MODEL_TAG: model_id, "preset_reason": config.preset_reason})
             tracking.log_params(config.as_params() | {"data_dir": data_dir, "device": device.type,
                                                       "num_train": len(train_images), "num_val": len(val_images)})
+            mlflow.log_params({f"plan.{k}": v for k, v in plan.as_params().items()})
             mlflow.log_metric("parameter_count", sum(p.numel() for p in state.model.parameters()))
         digest = tracking.log_manifest(manifest, root, context="training")
-        fit(config, state, train_loader, val_loader, device, on_epoch_end=_log_epoch(config, model_id, logged_steps),
+        fit(config, state, train_loader, val_loader, device, on_round_end=_log_round(config, model_id, logged_steps),
             progress=progress)
         tracking.log_figure(plots.training_curves(state.history), "plots/curves.png")
         tracking.log_figure(_validation_overlays(state, val_images, val_masks, config, device),
                             "plots/val_predictions.png")
         mlflow.finalize_logged_model(model_id, "READY")
-        print(f"{config.model}: best val_dice {state.best_dice:.4f} at epoch {state.best_epoch}", flush=True)
-        return {"run_id": run.info.run_id, "best_val_dice": state.best_dice, "best_epoch": state.best_epoch,
+        print(f"{config.model}: best val_dice {state.best_dice:.4f} at step {state.best_step}", flush=True)
+        return {"run_id": run.info.run_id, "best_val_dice": state.best_dice, "best_step": state.best_step,
                 "dataset_digest": digest, "model_id": model_id}

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from potholes import augment
 from potholes.config import TrainConfig
@@ -42,8 +42,8 @@ def load_split(root: Path, manifest: pd.DataFrame, split: str, img_size: int, pr
 class SegmentationDataset(Dataset):
     """Cached uint8 arrays in, normalised tensors out.
 
-    With a transform, items are fetched by ``(epoch, index)`` keys from `EpochSampler`, and the
-    transform is re-seeded from (seed, epoch, index) before each sample: augmentations then
+    With a transform, items are fetched by ``(pass, index)`` keys from `StepSampler`, and the
+    transform is re-seeded from (seed, pass, index) before each sample: augmentations then
     depend on nothing else (worker count, which worker, where a resumed run restarted).
     """
 
@@ -55,28 +55,51 @@ class SegmentationDataset(Dataset):
         return len(self.images)
 
     def __getitem__(self, key):
-        epoch, index = key if isinstance(key, tuple) else (0, key)
+        pass_, index = key if isinstance(key, tuple) else (0, key)
         image, mask = self.images[index], self.masks[index]
         if self.transform is not None:
-            augment.seed_transform(self.transform, augment.sample_seed(self.seed, epoch, index))
+            augment.seed_transform(self.transform, augment.sample_seed(self.seed, pass_, index))
             out = self.transform(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
         return augment.to_tensor(image, self.mean, self.std), torch.from_numpy(np.ascontiguousarray(mask)).float()[None]
 
 
-class EpochSampler(DistributedSampler):
-    """torch's DistributedSampler (a permutation from seed + epoch, this rank's share of it) that
-    yields ``(epoch, index)`` keys, so each worker knows which epoch a sample belongs to.
+class StepSampler(Sampler):
+    """The training sample stream of one round, as ``(pass, index)`` keys.
 
-    Order and augmentations are functions of (seed, epoch): a resumed run replays epoch k
-    exactly as a straight run would. ``set_epoch`` must be called before each epoch.
+    The stream is one shuffled permutation of the training split after another (pass p's from
+    ``seed + p``, as DistributedSampler does); round r takes the ``steps_per_round`` steps that
+    follow round r - 1, and this rank takes its ``batch_size`` of each step's ``batch_size x
+    world_size`` images. Nothing is dropped at the end of a pass: the stream runs on into the
+    next. Order and augmentations are functions of (seed, round), so a resumed run replays round
+    r exactly as a straight run would. ``set_round`` must be called before each round.
     """
 
-    def __init__(self, dataset: Dataset, seed: int, rank: int = 0, world_size: int = 1):
-        super().__init__(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
+    def __init__(self, size: int, seed: int, batch_size: int, steps_per_round: int, rank: int = 0, world_size: int = 1):
+        self.size, self.seed, self.batch_size, self.steps = size, seed, batch_size, steps_per_round
+        self.rank, self.world_size, self.round = rank, world_size, 1
+        self._permutation: tuple[int, torch.Tensor] | None = None
+
+    def set_round(self, round_: int) -> None:
+        self.round = round_
+
+    def _index(self, position: int) -> tuple[int, int]:
+        pass_, offset = divmod(position, self.size)
+        if self._permutation is None or self._permutation[0] != pass_:
+            generator = torch.Generator().manual_seed(self.seed + pass_)
+            self._permutation = (pass_, torch.randperm(self.size, generator=generator))
+        return pass_, int(self._permutation[1][offset])
+
+    def __len__(self) -> int:
+        return self.steps * self.batch_size
 
     def __iter__(self):
-        return ((self.epoch, index) for index in super().__iter__())
+        per_step = self.batch_size * self.world_size
+        first_step = (self.round - 1) * self.steps
+        for step in range(first_step, first_step + self.steps):
+            start = step * per_step + self.rank * self.batch_size
+            for position in range(start, start + self.batch_size):
+                yield self._index(position)
 
 
 def _worker_init(_: int) -> None:
@@ -90,20 +113,22 @@ def _worker_init(_: int) -> None:
     seed_everything(get_worker_info().seed % 2**32)
 
 
-def make_loader(dataset: Dataset, config: TrainConfig, train: bool, rank: int = 0, world_size: int = 1) -> DataLoader:
+def make_loader(dataset: Dataset, config: TrainConfig, train: bool, rank: int = 0, world_size: int = 1,
+                steps_per_round: int = 1) -> DataLoader:
     """Training batches come from worker processes; validation (no augmentation) needs none.
 
     Workers are spawned, not forked: OpenCV's thread pool, used by the parent while decoding,
     deadlocks in a forked child. Persistent workers pay the start-up once per run.
 
-    With several ranks, training takes this rank's share of each epoch's permutation; validation
+    Training yields ``steps_per_round`` batches a round. With several ranks, training takes this
+    rank's share of each step; validation
     takes every ``world_size``-th of the batches one process would make (no padding, no image
     twice, each image in the same batch as in one process, so the summed metrics are the same).
     """
     workers = config.num_workers if train else 0
     if train:
-        batching = dict(batch_size=config.batch_size, sampler=EpochSampler(dataset, config.seed, rank, world_size),
-                        drop_last=len(dataset) // world_size > config.batch_size)
+        batching = dict(batch_size=config.batch_size, sampler=StepSampler(
+            len(dataset), config.seed, config.batch_size, steps_per_round, rank, world_size))
     elif world_size > 1:
         size, n = config.batch_size * 2, len(dataset)
         batching = dict(batch_sampler=[list(range(start, min(start + size, n)))
