@@ -16,10 +16,10 @@ from potholes.tune import TuneConfig, run_tune
 
 
 def run_main(data_dir: str, preset: str = "auto", n_trials: int = 40, output: str = "submission.csv",
-             registered_model: str = "pothole-ensemble", progress: bool = True) -> dict:
+             registered_model: str = "pothole-ensemble", seed: int = 42, progress: bool = True) -> dict:
     # Resolve (and so validate) everything before the parent run exists.
-    configs = {model: resolve_config(model, preset) for model in ("unetpp", "deeplab")}
-    tune_config = TuneConfig(n_trials=n_trials, registered_model=registered_model)
+    configs = {model: resolve_config(model, preset, seed=seed) for model in ("unetpp", "deeplab")}
+    tune_config = TuneConfig(n_trials=n_trials, registered_model=registered_model, seed=seed)
     tune_config.validate()
     split = SplitConfig(configs["unetpp"].val_fraction, configs["unetpp"].split_seed)
 
@@ -35,11 +35,11 @@ def run_main(data_dir: str, preset: str = "auto", n_trials: int = 40, output: st
 
     with tracking.stage_run("main", run_name="main") as parent:
         tracking.log_params({"data_dir": data_dir, "preset": preset, "resolved_preset": configs["unetpp"].preset,
-                           "n_trials": n_trials, "output": output})
+                           "n_trials": n_trials, "output": output, "seed": seed})
         results["prepare"] = timed("prepare", run_prepare, data_dir, split, progress=progress)
         for model, config in configs.items():
             results[model] = timed(f"train_{model}", run_train, config, data_dir, progress=progress)
-        tune_config = TuneConfig(n_trials=n_trials, registered_model=registered_model,
+        tune_config = TuneConfig(n_trials=n_trials, registered_model=registered_model, seed=seed,
                                  unetpp_run=results["unetpp"]["run_id"], deeplab_run=results["deeplab"]["run_id"])
         results["tune"] = timed("tune", run_tune, data_dir, tune_config, progress=progress)
         # This pipeline's own version, whatever alias it earned.
@@ -50,8 +50,8 @@ def run_main(data_dir: str, preset: str = "auto", n_trials: int = 40, output: st
                    "unetpp_val_dice": results["unetpp"]["best_val_dice"],
                    "deeplab_val_dice": results["deeplab"]["best_val_dice"],
                    "tuned_val_dice": results["tune"]["best_val_dice"]}
-        if "test_dice" in results["predict"]:
-            metrics["test_dice"] = results["predict"]["test_dice"]
+        # test Dice, by pothole size too, when the test images have masks
+        metrics |= {k: v for k, v in results["predict"].items() if k.startswith(("test_dice", "test_images_"))}
         mlflow.log_metrics(metrics)
         tracking.log_json({"seconds": seconds, **{k: v for k, v in metrics.items() if not k.endswith("seconds")}},
                           "pipeline_summary.json")

@@ -1,0 +1,83 @@
+"""Row 6a: the recipe search. Each candidate recipe trains one model with the same step budget for
+each of several seeds, and is judged on the validation split only (best validation Dice at the
+0.4 threshold, no TTA): mean +- spread over the seeds, and the minutes it costs. The test images
+are never looked at here; `bench_quality.py` measures the chosen recipe on them.
+
+    python benchmarks/bench_recipes.py --model deeplab --steps 200 --seeds 1 2 \\
+        --candidates base lite1 ema tversky px320
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from common import dataset, parser, report
+
+from potholes.models import LITE1, LITE2
+
+# Each candidate changes one thing of the cpu preset (names in BENCHMARKS.md, row 6a).
+CANDIDATES = {
+    "base": {},
+    "lite1": {"encoder": LITE1},
+    "lite2": {"encoder": LITE2},
+    "ema": {"ema": 0.99},
+    "tversky": {"loss": "tversky_focal"},
+    "px320": {"img_size": 320},
+    "px384": {"img_size": 384},
+    "lr3e-3": {"lr": 3e-3},
+    "batch4": {"batch_size": 4},
+}
+
+
+def train_once(data: Path, model: str, preset: str, steps: int | None, seed: int, overrides: dict) -> dict:
+    from potholes.config import resolve_config
+    from potholes.train import run_train
+
+    config = resolve_config(model, preset, steps=steps, seed=seed, **overrides)
+    start = time.perf_counter()
+    result = run_train(config, str(data), progress=False)
+    return {"val_dice": result["best_val_dice"], "best_step": result["best_step"],
+            "minutes": (time.perf_counter() - start) / 60}
+
+
+def main() -> None:
+    p = parser(__doc__)
+    p.add_argument("--model", default="deeplab", choices=["unetpp", "deeplab"])
+    p.add_argument("--preset", default="cpu")
+    p.add_argument("--steps", type=int, default=None, help="step budget of every candidate (default: the preset's)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--candidates", nargs="+", default=["base", "lite1", "ema", "tversky", "px320"],
+                   choices=sorted(CANDIDATES))
+    args = p.parse_args()
+    if args.quick:
+        args.preset, args.steps, args.candidates = "smoke", 4, ["base", "tversky"]
+    from potholes import tracking
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        data = dataset(args, Path(tmp), n_train=16, n_test=4, size=64)
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
+        tracking.configure("recipes", project_root=tmp)
+        for name in args.candidates:
+            runs = [train_once(data, args.model, args.preset, args.steps, seed, CANDIDATES[name]) for seed in args.seeds]
+            dice = [r["val_dice"] for r in runs]
+            row = {"candidate": name, "overrides": CANDIDATES[name], "model": args.model, "steps": args.steps,
+                   "seeds": args.seeds, "val_dice": dice, "val_dice_mean": statistics.mean(dice),
+                   "val_dice_spread": max(dice) - min(dice), "best_steps": [r["best_step"] for r in runs],
+                   "minutes_per_run": statistics.mean(r["minutes"] for r in runs)}
+            rows.append(row)
+            print(f"{name:>8}: val Dice {row['val_dice_mean']:.4f} (spread {row['val_dice_spread']:.4f}, "
+                  f"{', '.join(f'{d:.4f}' for d in dice)}), {row['minutes_per_run']:.1f} min a run", flush=True)
+    base = next((r for r in rows if r["candidate"] == "base"), None)
+    for row in rows:
+        row["vs_base"] = row["val_dice_mean"] - base["val_dice_mean"] if base else None
+    report("recipes", rows, {"model": args.model, "preset": args.preset, "steps": args.steps,
+                             "judged_on": "validation split, best val Dice @0.4, no TTA"}, args)
+
+
+if __name__ == "__main__":
+    main()
