@@ -86,7 +86,7 @@ def _preset_values(preset: str, model: str) -> dict:
         # validation, tune and predict keep the whole pipeline under 20 minutes from 50 to 2,000
         # training images, since a step costs the same whatever the dataset's size.
         return dict(encoder=LITE0, encoder_weights="imagenet", img_size=256, batch_size=8,
-                    steps=250 if model == "unetpp" else 350, rounds=10, lr=1e-3, weight_decay=1e-4,
+                    steps=220 if model == "unetpp" else 250, rounds=10, lr=1e-3, weight_decay=1e-4,
                     mean=LITE0_MEAN, std=LITE0_STD, num_workers=1)
     if preset == "smoke":
         return dict(encoder=LITE0, encoder_weights="none", img_size=64, batch_size=4, steps=16, rounds=2,
