@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 
 from potholes import augment, distributed
@@ -229,26 +228,6 @@ def _log_round(config: TrainConfig, model_id: str, logged_steps: set[int]):
     return callback
 
 
-def _validation_overlays(state: TrainState, images: np.ndarray, masks: np.ndarray, config: TrainConfig, device, count: int = 8):
-    from potholes import plots
-
-    model = copy.deepcopy(state.kept)
-    if state.best_state is not None:
-        model.load_state_dict(state.best_state)
-    model.eval()
-    take = min(count, len(images))
-    with torch.inference_mode():
-        x = augment.normalize_batch(images[:take], config.mean, config.std).to(device)
-        pred = (torch.sigmoid(model(x)) > config.val_threshold).cpu().numpy()[:, 0]
-    panels = []
-    for i in range(take):
-        truth = plots.overlay(images[i], masks[i], color=(0, 255, 0))
-        panels.append((f"truth #{i}", truth))
-        score = float(dice_per_image(torch.from_numpy(pred[i:i + 1, None]), torch.from_numpy(masks[i:i + 1, None])))
-        panels.append((f"prediction #{i} dice {score:.2f}", plots.overlay(images[i], pred[i], color=(255, 0, 0))))
-    return plots.overlay_grid(panels, columns=4)
-
-
 def run_train(config: TrainConfig, data_dir: str, progress: bool = True) -> dict:
     """Train one model as an MLflow run; returns its run id and best validation Dice.
 
@@ -320,8 +299,11 @@ def run_train(config: TrainConfig, data_dir: str, progress: bool = True) -> dict
         fit(config, state, train_loader, val_loader, device, on_round_end=_log_round(config, model_id, logged_steps),
             progress=progress)
         tracking.log_figure(plots.training_curves(state.history), "plots/curves.png")
-        tracking.log_figure(_validation_overlays(state, val_images, val_masks, config, device),
-                            "plots/val_predictions.png")
+        best = copy.deepcopy(state.kept)
+        if state.best_state is not None:
+            best.load_state_dict(state.best_state)
+        tracking.log_figure(plots.validation_overlays(best, val_images, val_masks, config.mean, config.std,
+                                                      config.val_threshold, device), "plots/val_predictions.png")
         mlflow.finalize_logged_model(model_id, "READY")
         print(f"{config.model}: best val_dice {state.best_dice:.4f} at step {state.best_step}", flush=True)
         return {"run_id": run.info.run_id, "best_val_dice": state.best_dice, "best_step": state.best_step,
