@@ -21,7 +21,7 @@ PER_ROUND = ("train_loss", "val_loss", "val_dice", "lr", "passes", "round_second
 def round_steps(run_id: str) -> list[int]:
     """The optimizer steps at which the run's rounds end, from its logged plan."""
     params = MlflowClient().get_run(run_id).data.params
-    per_round, rounds = int(params["plan.steps_per_round"]), int(params["plan.rounds"])
+    per_round, rounds = int(params["config.plan.steps_per_round"]), int(params["config.plan.rounds"])
     return [per_round * r for r in range(1, rounds + 1)]
 
 
@@ -36,7 +36,7 @@ def test_smoke_training_is_fully_tracked(in_smoke_store, model):
     assert run.data.metrics["parameter_count"] > 1e6
     # the smoke budget: 16 steps of 4 images in 2 rounds, whatever the dataset's size
     assert round_steps(result["run_id"]) == [8, 16]
-    assert run.data.params["plan.total_steps"] == "16" and run.data.params["plan.warmup_steps"] == "1"
+    assert run.data.params["config.plan.total_steps"] == "16" and run.data.params["config.plan.warmup_steps"] == "1"
     for key in PER_ROUND:
         history = client.get_metric_history(result["run_id"], key)
         assert [m.step for m in history] == [8, 16], key

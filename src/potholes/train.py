@@ -293,7 +293,7 @@ def run_train(config: TrainConfig, data_dir: str, progress: bool = True) -> dict
             mlflow.set_tags({resume.MODEL_TAG: model_id, "preset_reason": config.preset_reason})
             tracking.log_params(config.as_params() | {"data_dir": data_dir, "device": device.type,
                                                       "num_train": len(train_images), "num_val": len(val_images)})
-            mlflow.log_params({f"plan.{k}": v for k, v in plan.as_params().items()})
+            mlflow.log_params({f"config.plan.{k}": v for k, v in plan.as_params().items()})
             mlflow.log_metric("parameter_count", sum(p.numel() for p in state.model.parameters()))
         digest = tracking.log_manifest(manifest, root, context="training")
         fit(config, state, train_loader, val_loader, device, on_round_end=_log_round(config, model_id, logged_steps),
