@@ -51,3 +51,20 @@ def test_two_processes_started_at_once_split_a_postgres_study(in_smoke_store, po
     assert pids <= {str(w.pid) for w in workers}
     assert sum("registered workers-model" in out for out in outputs) == 1  # only the owner registers
     assert sum("attaching to study 'shared'" in out for out in outputs) == 1
+
+
+def test_a_trial_run_cut_short_by_a_kill_is_logged_again_not_left_killed(tracking_store):
+    from potholes import study as shared
+
+    with mlflow.start_run() as parent:
+        pass
+    tags = {"mlflow.parentRunId": parent.info.run_id, "potholes.stage": "tune-trial"}
+    for number, status in ((0, "FINISHED"), (1, "KILLED"), (2, "RUNNING")):
+        run = MlflowClient().create_run(parent.info.experiment_id, tags={**tags, "optuna.trial": str(number)})
+        if status != "RUNNING":
+            MlflowClient().set_terminated(run.info.run_id, status)
+    # 1 was killed between Optuna marking the trial complete and its run ending: logged again;
+    # 2 belongs to a live worker about to end it: kept
+    assert shared.logged_trial_numbers(parent.info.run_id) == {0, 2}
+    left = mlflow.search_runs(output_format="list", filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sorted(r.data.tags["optuna.trial"] for r in left) == ["0", "2"]

@@ -146,10 +146,17 @@ def wait_for_other_workers(study: optuna.Study, timeout_s: float = 600.0, poll_s
 
 
 def logged_trial_numbers(parent_run_id: str) -> set[int]:
+    """Trials whose run under the parent finished. A trial run cut short by a kill (the trial
+    was complete in the study, its run not yet ended) is deleted, so that it is logged again."""
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list",
                               filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' AND "
                                             f"tags.`potholes.stage` = 'tune-trial'")
-    return {int(run.data.tags["optuna.trial"]) for run in runs}
+    # Runs of dead processes are KILLED by now (tracking.configure); a RUNNING one is a live
+    # worker's, about to finish, and is left alone.
+    cut_short = [run for run in runs if run.info.status in ("KILLED", "FAILED")]
+    for run in cut_short:
+        MlflowClient().delete_run(run.info.run_id)
+    return {int(run.data.tags["optuna.trial"]) for run in runs if run not in cut_short}
 
 
 @functools.lru_cache(maxsize=8)
