@@ -25,19 +25,18 @@ def repeated_dataset(source: Path, out: Path, n_train: int, n_test: int) -> Path
     pairs = build_manifest(source, progress=False).manifest
     pairs = [(source / r.image_path, source / r.mask_path) for r in pairs.itertuples()]
     test = [(p, source / "test" / "mask" / f"mask_{file_number(p)}.png") for p in list_images(source / "test" / "images")]
-    rows = []
+    numbers, test_ids = itertools.count(1), []
     for split, sources, count in (("train", pairs, n_train), ("test", test, n_test)):
         (out / split / "images").mkdir(parents=True)
         (out / split / "mask").mkdir(parents=True)
-        for number, (image, mask) in zip(range(len(rows) + 1, len(rows) + count + 1), itertools.cycle(sources)):
-            os.symlink(image.resolve(), out / split / "images" / f"pothole_{number}{image.suffix}")
+        for (image, mask), number in zip(itertools.islice(itertools.cycle(sources), count), numbers):
+            name = f"pothole_{number}{image.suffix}"
+            os.symlink(image.resolve(), out / split / "images" / name)
             if mask.is_file():
                 os.symlink(mask.resolve(), out / split / "mask" / f"mask_{number}.png")
             if split == "test":
-                rows.append(f"pothole_{number}{image.suffix}")
-            else:
-                rows.append(None)
-    (out / "sample_submission.csv").write_text("ImageId,rle\n" + "".join(f"{r},\n" for r in rows if r))
+                test_ids.append(name)
+    (out / "sample_submission.csv").write_text("ImageId,rle\n" + "".join(f"{name},\n" for name in test_ids))
     return out
 
 

@@ -245,7 +245,6 @@ def run_train(config: TrainConfig, data_dir: str, progress: bool = True) -> dict
     if main:
         print("resolved config:", ", ".join(f"{k}={v}" for k, v in config.as_params().items()), flush=True)
     device = device_for_training(config.deterministic)
-    build_model(config.model, config.encoder, config.encoder_weights)  # fails here, before any run, without weights
     prepared = build_manifest(data_dir, config.val_fraction, config.split_seed, progress=progress)
     root, manifest = prepared.layout.root, prepared.manifest
     plan = plan_training(train_images=int((manifest["split"] == "train").sum()), batch_size=config.batch_size,
@@ -253,7 +252,7 @@ def run_train(config: TrainConfig, data_dir: str, progress: bool = True) -> dict
                          rounds=config.rounds, warmup=config.warmup, val_images=int((manifest["split"] == "val").sum()))
     if main:
         print(f"{config.model}: {plan.describe()}", flush=True)
-    state = init_state(config, plan, device)
+    state = init_state(config, plan, device)  # fails here, before any run, when weights are unavailable
     train_images, train_masks = load_split(root, manifest, "train", config.img_size, progress)
     val_images, val_masks = load_split(root, manifest, "val", config.img_size, progress)
     train_loader = make_loader(SegmentationDataset(train_images, train_masks, config.mean, config.std,
