@@ -20,6 +20,8 @@ SCRIPTS = {
     "bench_quality.py": ("quality", lambda r: 0 <= r["rows"][0]["test_dice"] <= 1 and r["test_dice_mean"] is not None),
     "bench_recipes.py": ("recipes", lambda r: [row["candidate"] for row in r["rows"]] == ["base", "tversky"]
                          and all(len(row["val_dice"]) == 2 and row["val_dice_spread"] >= 0 for row in r["rows"])),
+    "bench_precision.py": ("precision", lambda r: [row["model"] for row in r["rows"]] == ["unetpp", "deeplab"]
+                           and all(row["fp32_s_per_step"] > 0 and row["bf16_s_per_step"] > 0 for row in r["rows"])),
     "bench_scale.py": ("scale", lambda r: r["rows"][0]["train_pairs"] == 30 and r["rows"][0]["wall_seconds"] > 0),
 }
 

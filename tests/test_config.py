@@ -26,6 +26,21 @@ def test_auto_follows_cuda_and_says_why():
     assert cpu.preset == "cpu" and "no CUDA" in cpu.preset_reason
 
 
+def test_precision_auto_is_bf16_only_on_cpus_with_bfloat16_units(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    plain = resolve_config("unetpp", "cpu", cuda_available=False)
+    assert plain.precision == "fp32" and "without bfloat16 units" in plain.preset_reason
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    amx = resolve_config("unetpp", "cpu", cuda_available=False)
+    assert amx.precision == "bf16" and "bfloat16 units -> bf16" in amx.preset_reason
+    assert resolve_config("unetpp", "cpu", precision="fp32").precision == "fp32"
+    assert resolve_config("unetpp", "auto", cuda_available=True).precision == "fp16"
+    assert resolve_config("unetpp", "smoke").precision == "fp32"
+
+
 def test_explicit_values_beat_the_preset():
     c = resolve_config("unetpp", "smoke", epochs=5, img_size=96, lr=None)
     assert (c.epochs, c.img_size, c.lr) == (5, 96, 1e-3)
@@ -40,6 +55,8 @@ def test_explicit_values_beat_the_preset():
     (dict(warmup=1.5), r"warmup must be a share of the steps in \[0, 1\), got 1.5"),
     (dict(ema=1.0), r"ema must be a decay in \[0, 1\)"),
     (dict(loss="bce"), "loss must be one of \\['dice_focal', 'tversky_focal'\\], got 'bce'"),
+    (dict(precision="bf8"), r"precision must be one of \['auto', 'fp32', 'bf16', 'fp16'\], got 'bf8'"),
+    (dict(precision="fp16", cuda_available=False), "precision 'fp16' needs CUDA; use bf16 or fp32 on CPU"),
     (dict(img_size=100), "img_size must be a multiple of 32"),
     (dict(batch_size=-1), "batch_size"),
     (dict(encoder_weights="ssl"), "encoder_weights must be"),

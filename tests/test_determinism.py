@@ -89,6 +89,31 @@ def test_same_seed_same_curves_with_two_workers_another_seed_differs(tracking_st
     assert not np.allclose(runs[0]["train_loss"], runs[2]["train_loss"], rtol=0, atol=1e-6)
 
 
+def test_bf16_recipe_is_reproducible_differs_from_fp32_and_keeps_fp32_weights(tracking_store, synth_data, tmp_path):
+    """The cpu preset's bf16 steps (with EMA and the Tversky loss, the other recipe options) give
+    the same curves for the same seed; the fp32 run differs, so bf16 did reach the steps; the
+    kept weights are fp32, as tune, predict and serving expect."""
+    import mlflow
+
+    from potholes.models import load_checkpoint
+
+    tracking.configure()
+    runs = {}
+    for name, precision in (("bf16", "bf16"), ("again", "bf16"), ("fp32", "fp32")):
+        config = resolve_config("unetpp", "smoke", precision=precision, ema=0.9, loss="tversky_focal", steps=8, seed=5)
+        runs[name] = train_mod.run_train(config, str(synth_data), progress=False)["run_id"]
+    got = {name: curves(run_id) for name, run_id in runs.items()}
+    for key in got["bf16"]:
+        np.testing.assert_allclose(got["bf16"][key], got["again"][key], rtol=0, atol=1e-6, err_msg=key)
+    assert not np.allclose(got["bf16"]["train_loss"], got["fp32"]["train_loss"], rtol=0, atol=1e-6)
+    params = MlflowClient().get_run(runs["bf16"]).data.params
+    assert (params["config.precision"], params["config.ema"], params["config.loss"]) == ("bf16", "0.9", "tversky_focal")
+    folder = mlflow.artifacts.download_artifacts(run_id=runs["bf16"], artifact_path="checkpoints/best",
+                                                 dst_path=str(tmp_path))
+    model, _ = load_checkpoint(folder)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
 @pytest.mark.slow
 def test_the_whole_main_twice_gives_the_same_metrics(tracking_store, synth_data, tmp_path):
     """train (both models), tune and predict: every Dice and every curve, to 1e-6."""

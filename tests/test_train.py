@@ -137,6 +137,7 @@ def test_bad_parameters_fail_before_any_run(tmp_path, synth_data):
     env = cli_env(tmp_path)
     for args, message in [(["--model", "deeplab", "--img-size", "100"], "img_size must be a multiple of 32"),
                           (["--model", "unetpp", "--epochs", "0"], "epochs must be a positive integer"),
+                          (["--model", "unetpp", "--precision", "fp16"], "precision 'fp16' needs CUDA"),
                           (["--model", "unetpp", "--data-dir", str(tmp_path / "none")], "does not exist")]:
         out = subprocess.run([sys.executable, "-m", "potholes", "train", "--data-dir", str(synth_data), *args],
                              capture_output=True, text=True, env=env, cwd=tmp_path)

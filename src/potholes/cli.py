@@ -106,6 +106,9 @@ def prepare(ctx: click.Context, data_dir: str, val_fraction: float, seed: int) -
                    "0 = off  [default: the preset's]")
 @click.option("--loss", type=Maybe(str, "preset", ("dice_focal", "tversky_focal")), default=None,
               help="dice_focal (the seed's) or tversky_focal (Tversky 0.3/0.7 + focal)  [default: the preset's]")
+@click.option("--precision", type=Maybe(str, "preset", ("auto", "fp32", "bf16", "fp16")), default=None,
+              help="of the training steps: auto (fp16 on CUDA, bf16 on CPUs with bfloat16 units, else fp32), "
+                   "fp32, bf16, fp16 (CUDA); validation and saved models are fp32  [default: the preset's]")
 @click.option("--batch-size", type=PRESET_INT, default=None, help="images per optimizer step  [default: the preset's]")
 @click.option("--img-size", type=PRESET_INT, default=None, help="model input size in px, a multiple of 32  [default: the preset's]")
 @click.option("--lr", type=PRESET_FLOAT, default=None, help="AdamW learning rate  [default: the preset's]")

@@ -27,6 +27,7 @@ LITE0_STD = (0.5, 0.5, 0.5)
 SIZE_MULTIPLE = 32  # both decoders need the input divisible by the encoder's output stride
 PRESETS = ("auto", "full", "cpu", "smoke")
 LOSSES = ("dice_focal", "tversky_focal")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 class ConfigError(ValueError):
@@ -47,6 +48,7 @@ class TrainConfig:
     warmup: float = 0.05  # share of the steps spent warming the learning rate up
     ema: float = 0.0  # decay of the weight average that is validated and kept (0 = off)
     loss: str = "dice_focal"
+    precision: str = "fp32"  # of the training steps; validation and every saved model stay fp32
     lr: float = 1e-3
     weight_decay: float = 1e-4
     focal_weight: float = 0.6
@@ -80,18 +82,33 @@ def _preset_values(preset: str, model: str) -> dict:
         encoder = "efficientnet-b4" if model == "unetpp" else "resnet101"
         return dict(encoder=encoder, encoder_weights="imagenet", img_size=512, batch_size=4,
                     steps=1400 if model == "unetpp" else 1000, rounds=20, lr=1e-4, weight_decay=1e-4,
-                    mean=IMAGENET_MEAN, std=IMAGENET_STD, num_workers=4)
+                    mean=IMAGENET_MEAN, std=IMAGENET_STD, num_workers=4, precision="auto")
     if preset == "cpu":
         # Step costs measured on 2 cores (BENCHMARKS.md, row 6): the two budgets plus decoding,
         # validation, tune and predict keep the whole pipeline under 20 minutes from 50 to 2,000
         # training images, since a step costs the same whatever the dataset's size.
         return dict(encoder=LITE0, encoder_weights="imagenet", img_size=256, batch_size=8,
-                    steps=220 if model == "unetpp" else 250, rounds=10, lr=1e-3, weight_decay=1e-4,
-                    mean=LITE0_MEAN, std=LITE0_STD, num_workers=1)
+                    steps=330 if model == "unetpp" else 320, rounds=10, lr=1e-3, weight_decay=1e-4,
+                    mean=LITE0_MEAN, std=LITE0_STD, num_workers=1, precision="auto")
     if preset == "smoke":
         return dict(encoder=LITE0, encoder_weights="none", img_size=64, batch_size=4, steps=16, rounds=2,
                     lr=1e-3, weight_decay=1e-4, mean=LITE0_MEAN, std=LITE0_STD, num_workers=0)
     raise ConfigError(f"preset must be one of {list(PRESETS)}, got '{preset}'")
+
+
+def resolve_precision(precision: str, cuda_available: bool) -> tuple[str, str]:
+    """``auto``: fp16 mixed precision on CUDA; bf16 on a CPU with bfloat16 matrix units (AMX or
+    AVX512-BF16), where it makes a training step ~1.5x faster (BENCHMARKS.md, row 6b); fp32 on
+    other CPUs, which would emulate bf16 slowly. Returns the precision and why."""
+    if precision != "auto":
+        return precision, f"precision '{precision}' requested"
+    if cuda_available:
+        return "fp16", "auto: CUDA -> fp16"
+    import torch
+
+    if torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported():
+        return "bf16", "auto: CPU with bfloat16 units -> bf16"
+    return "fp32", "auto: CPU without bfloat16 units -> fp32"
 
 
 def resolve_config(model: str, preset: str = "auto", cuda_available: bool | None = None, **overrides) -> TrainConfig:
@@ -110,6 +127,15 @@ def resolve_config(model: str, preset: str = "auto", cuda_available: bool | None
         reason = "auto: CUDA available -> full" if cuda_available else "auto: no CUDA -> cpu"
     values = _preset_values(preset, model)
     values.update({k: v for k, v in overrides.items() if v is not None})
+    if values.get("precision") in ("auto", "fp16"):
+        if cuda_available is None:
+            import torch
+
+            cuda_available = torch.cuda.is_available()
+        if values["precision"] == "fp16" and not cuda_available:
+            raise ConfigError("precision 'fp16' needs CUDA; use bf16 or fp32 on CPU")
+        values["precision"], why = resolve_precision(values["precision"], cuda_available)
+        reason = f"{reason}; {why}"
     config = TrainConfig(model=model, preset=preset, preset_reason=reason, **values)
     validate(config)
     return config
@@ -128,6 +154,8 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"ema must be a decay in [0, 1) (0 = off), got {config.ema}")
     if config.loss not in LOSSES:
         raise ConfigError(f"loss must be one of {list(LOSSES)}, got '{config.loss}'")
+    if config.precision not in PRECISIONS[1:]:
+        raise ConfigError(f"precision must be one of {list(PRECISIONS)}, got '{config.precision}'")
     if config.batch_size <= 0:
         raise ConfigError(f"batch_size must be a positive integer, got {config.batch_size}")
     if config.img_size < SIZE_MULTIPLE or config.img_size % SIZE_MULTIPLE:

@@ -68,8 +68,7 @@ def evaluate(model, loader, loss_fn, threshold: float, device) -> dict:
     losses, dices, seen = 0.0, 0.0, 0
     for images, masks in loader:
         images, masks = images.to(device).contiguous(memory_format=torch.channels_last), masks.to(device)
-        with torch.autocast(device.type, enabled=device.type == "cuda"):
-            logits = model(images)
+        logits = model(images)  # fp32 whatever the training precision: what tune and predict will see
         losses += float(loss_fn(logits.float(), masks)) * len(images)
         dices += float(dice_per_image(torch.sigmoid(logits.float()) > threshold, masks).double().sum())
         seen += len(images)
@@ -77,8 +76,14 @@ def evaluate(model, loader, loss_fn, threshold: float, device) -> dict:
     return {"val_loss": losses / max(seen, 1), "val_dice": dices / seen if seen else 0.0}
 
 
-def train_round(model, loader, optimizer, scheduler, loss_fn, device, scaler=None, ema=None,
-                progress: bool = True) -> dict:
+def autocast(device, precision: str):
+    """The forward pass's mixed precision: bf16 (CPU or CUDA) or fp16 (CUDA); fp32 = off."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def train_round(model, loader, optimizer, scheduler, loss_fn, device, precision: str = "fp32", scaler=None,
+                ema=None, progress: bool = True) -> dict:
     """One round's steps; the learning rate and the weight average follow each optimizer step."""
     from tqdm.auto import tqdm
 
@@ -88,8 +93,8 @@ def train_round(model, loader, optimizer, scheduler, loss_fn, device, scaler=Non
     for images, masks in bar:
         images, masks = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last), masks.to(device)
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, enabled=scaler is not None):
-            loss = loss_fn(model(images).float(), masks)
+        with autocast(device, precision):
+            loss = loss_fn(model(images).float(), masks)  # the loss itself in fp32
         if scaler is not None:
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -163,7 +168,7 @@ def fit(config: TrainConfig, state: TrainState, train_loader, val_loader, device
         on_round_end: RoundCallback | None = None, progress: bool = True) -> TrainState:
     """Train from round ``state.round + 1`` to the plan's last, keeping the best weights by val Dice."""
     loss_fn = criterion(config)
-    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
+    scaler = torch.amp.GradScaler("cuda") if config.precision == "fp16" else None  # bf16 needs no loss scaling
     plan = state.plan
     for round_ in range(state.round + 1, plan.rounds + 1):
         start = time.perf_counter()
@@ -172,8 +177,8 @@ def fit(config: TrainConfig, state: TrainState, train_loader, val_loader, device
         train_loader.sampler.set_round(round_)
         torch.manual_seed(config.seed * 1_000_003 + round_ + 1_000_000_007 * distributed.rank())
         trained = state.model if state.parallel is None else state.parallel
-        metrics = train_round(trained, train_loader, state.optimizer, state.scheduler, loss_fn, device, scaler,
-                              state.ema, progress)
+        metrics = train_round(trained, train_loader, state.optimizer, state.scheduler, loss_fn, device,
+                              config.precision, scaler, state.ema, progress)
         metrics |= evaluate(state.kept, val_loader, loss_fn, config.val_threshold, device)
         step = round_ * plan.steps_per_round
         metrics |= {"round": round_, "step": step, "lr": state.optimizer.param_groups[0]["lr"],
