@@ -58,6 +58,8 @@ def test_explicit_values_beat_the_preset():
     (dict(precision="bf8"), r"precision must be one of \['auto', 'fp32', 'bf16', 'fp16'\], got 'bf8'"),
     (dict(precision="fp16", cuda_available=False), "precision 'fp16' needs CUDA; use bf16 or fp32 on CPU"),
     (dict(img_size=100), "img_size must be a multiple of 32"),
+    (dict(crop_size=80), r"crop_size must be a multiple of 32 from 32 to img_size \(64\), or 0 for whole images, got 80"),
+    (dict(crop_size=96), r"crop_size must be .* got 96"),
     (dict(batch_size=-1), "batch_size"),
     (dict(encoder_weights="ssl"), "encoder_weights must be"),
     (dict(lr=0.0), "lr must be > 0"),

@@ -48,6 +48,23 @@ def test_augmentation_is_a_function_of_seed_pass_and_index():
     assert not torch.equal(first[0], dataset[(2, 0)][0])
 
 
+def test_crops_are_seeded_and_keep_image_and_mask_aligned():
+    """``crop_size``: each sample is a random crop, the same for the same (seed, pass, index), and
+    the mask is cut from the same place as the image."""
+    rng = np.random.default_rng(1)
+    masks = (rng.random((4, 64, 64)) > 0.5).astype(np.uint8)
+    images = np.repeat((masks * 200 + 20)[..., None], 3, axis=-1).astype(np.uint8)
+    dataset = train_mod.SegmentationDataset(images, masks, (0.5,) * 3, (0.5,) * 3,
+                                            augment.train_transform(3, crop_size=32), seed=3)
+    crops = [dataset[(1, i)] for i in range(4)]
+    for (image, mask), (again, _) in zip(crops, [dataset[(1, i)] for i in range(4)]):
+        assert image.shape == (3, 32, 32) and mask.shape == (1, 32, 32)
+        torch.testing.assert_close(image, again, rtol=0, atol=0)
+        bright = image[0] > 0  # the pothole pixels were painted bright: the mask must sit on them
+        assert (bright == (mask[0] > 0)).float().mean() > 0.9
+    assert not torch.equal(crops[0][0], dataset[(2, 0)][0])  # another pass, another crop
+
+
 def collect(loader, round_: int) -> list[torch.Tensor]:
     loader.sampler.set_round(round_)
     return [images[0] for images, _ in loader]

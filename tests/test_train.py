@@ -123,6 +123,18 @@ def test_resume_with_a_different_architecture_is_refused(tracking_store, synth_d
         train_mod.run_train(resolve_config("deeplab", "smoke", resume="0" * 32), str(synth_data), progress=False)
 
 
+def test_crop_training_validates_and_keeps_the_whole_image_size(tracking_store, synth_data, tmp_path):
+    tracking.configure()
+    result = train_mod.run_train(resolve_config("deeplab", "smoke", img_size=64, crop_size=32, steps=4),
+                                 str(synth_data), progress=False)
+    run = MlflowClient().get_run(result["run_id"])
+    assert run.info.status == "FINISHED" and run.data.params["config.crop_size"] == "32"
+    folder = mlflow.artifacts.download_artifacts(run_id=result["run_id"], artifact_path="checkpoints/best",
+                                                 dst_path=str(tmp_path))
+    _, model_config = load_checkpoint(folder)
+    assert model_config["img_size"] == 64  # tune, predict and serving feed whole 64 px images
+
+
 def test_crash_marks_the_run_failed(tracking_store, synth_data, monkeypatch):
     tracking.configure()
     interrupt_on_round(monkeypatch, 2, RuntimeError("disk full"))

@@ -21,8 +21,13 @@ import torch
 GAUSS_NOISE_STD_RANGE = (math.sqrt(4) / 255, math.sqrt(15) / 255)
 
 
-def train_transform(seed: int = 0) -> A.Compose:
+def train_transform(seed: int = 0, crop_size: int | None = None) -> A.Compose:
+    """The seed's augmentations; with ``crop_size``, first a random square crop of that size, so
+    a step costs what a ``crop_size`` image costs while the model learns at the cached (larger)
+    scale it will predict at."""
+    crop = [A.RandomCrop(crop_size, crop_size, p=1.0)] if crop_size else []
     transform = A.Compose([
+        *crop,
         A.HorizontalFlip(p=0.5),
         A.Affine(scale=(0.97, 1.05), translate_percent=(0.0, 0.03), rotate=(-2.0, 2.0), shear=(-1.5, 1.5),
                  interpolation=cv2.INTER_LINEAR, border_mode=cv2.BORDER_REFLECT_101, p=0.4),

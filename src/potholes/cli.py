@@ -111,6 +111,9 @@ def prepare(ctx: click.Context, data_dir: str, val_fraction: float, seed: int) -
                    "fp32, bf16, fp16 (CUDA); validation and saved models are fp32  [default: the preset's]")
 @click.option("--batch-size", type=PRESET_INT, default=None, help="images per optimizer step  [default: the preset's]")
 @click.option("--img-size", type=PRESET_INT, default=None, help="model input size in px, a multiple of 32  [default: the preset's]")
+@click.option("--crop-size", type=PRESET_INT, default=None,
+              help="train on random crops of this size (px, a multiple of 32) of the img_size image; validation, "
+                   "tune and predict see the whole image; 0 = whole images  [default: the preset's]")
 @click.option("--lr", type=PRESET_FLOAT, default=None, help="AdamW learning rate  [default: the preset's]")
 @click.option("--weight-decay", type=PRESET_FLOAT, default=None, help="AdamW weight decay  [default: the preset's]")
 @click.option("--encoder", type=PRESET_STR, default=None,

@@ -41,6 +41,7 @@ class TrainConfig:
     encoder: str = LITE0
     encoder_weights: str = "imagenet"
     img_size: int = 320
+    crop_size: int = 0  # train on random crops of this size (0 = whole images); validation and inference see img_size
     batch_size: int = 8
     steps: int = 300  # optimizer steps (the training budget), unless ``epochs`` is given
     epochs: int | None = None  # explicit override: this many passes over the training split
@@ -162,6 +163,10 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(
             f"img_size must be a multiple of {SIZE_MULTIPLE} (>= {SIZE_MULTIPLE}) for UNet++ and DeepLabV3+, "
             f"got {config.img_size}; try {max(SIZE_MULTIPLE, round(config.img_size / SIZE_MULTIPLE) * SIZE_MULTIPLE)}")
+    crop_ok = SIZE_MULTIPLE <= config.crop_size <= config.img_size and config.crop_size % SIZE_MULTIPLE == 0
+    if config.crop_size and not crop_ok:
+        raise ConfigError(f"crop_size must be a multiple of {SIZE_MULTIPLE} from {SIZE_MULTIPLE} to img_size "
+                          f"({config.img_size}), or 0 for whole images, got {config.crop_size}")
     if not config.lr > 0:
         raise ConfigError(f"lr must be > 0, got {config.lr}")
     if config.weight_decay < 0:

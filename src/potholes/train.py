@@ -261,7 +261,8 @@ def run_train(config: TrainConfig, data_dir: str, progress: bool = True) -> dict
     train_images, train_masks = load_split(root, manifest, "train", config.img_size, progress)
     val_images, val_masks = load_split(root, manifest, "val", config.img_size, progress)
     train_loader = make_loader(SegmentationDataset(train_images, train_masks, config.mean, config.std,
-                                                   augment.train_transform(config.seed), config.seed),
+                                                   augment.train_transform(config.seed, config.crop_size),
+                                                   config.seed),
                                config, train=True, rank=distributed.rank(), world_size=config.world_size,
                                steps_per_round=plan.steps_per_round)
     val_loader = make_loader(SegmentationDataset(val_images, val_masks, config.mean, config.std), config, train=False,
