@@ -33,9 +33,13 @@ def test_precision_auto_is_bf16_only_on_cpus_with_bfloat16_units(monkeypatch):
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
     plain = resolve_config("unetpp", "cpu", cuda_available=False)
     assert plain.precision == "fp32" and "without bfloat16 units" in plain.preset_reason
+    # fp32 UNet++ steps cost ~1.5x: a smaller budget keeps the pipeline's minutes
+    assert plain.steps == 220 and resolve_config("deeplab", "cpu", cuda_available=False).steps == 320
+    assert resolve_config("unetpp", "cpu", cuda_available=False, steps=400).steps == 400
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
     amx = resolve_config("unetpp", "cpu", cuda_available=False)
     assert amx.precision == "bf16" and "bfloat16 units -> bf16" in amx.preset_reason
+    assert amx.steps == 330 and resolve_config("deeplab", "cpu", cuda_available=False).steps == 320
     assert resolve_config("unetpp", "cpu", precision="fp32").precision == "fp32"
     assert resolve_config("unetpp", "auto", cuda_available=True).precision == "fp16"
     assert resolve_config("unetpp", "smoke").precision == "fp32"

@@ -30,6 +30,14 @@ LOSSES = ("dice_focal", "tversky_focal")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
+# The cpu preset's budgets, by the precision its steps run in. Step costs measured on 2 cores
+# (BENCHMARKS.md, rows 6b and 6c): each budget is ~7 minutes there, and with decoding, validation,
+# tune and predict the whole pipeline stays under 20 minutes from 50 to 2,000 training images,
+# since a step costs the same whatever the dataset's size. bf16 makes a UNet++ step ~1.5x faster
+# and a DeepLabV3+ step no faster.
+CPU_STEPS = {"unetpp": {"bf16": 330, "fp32": 220}, "deeplab": {"bf16": 320, "fp32": 320}}
+
+
 class ConfigError(ValueError):
     """An invalid parameter; the message names it and what was expected."""
 
@@ -85,11 +93,8 @@ def _preset_values(preset: str, model: str) -> dict:
                     steps=1400 if model == "unetpp" else 1000, rounds=20, lr=1e-4, weight_decay=1e-4,
                     mean=IMAGENET_MEAN, std=IMAGENET_STD, num_workers=4, precision="auto")
     if preset == "cpu":
-        # Step costs measured on 2 cores (BENCHMARKS.md, row 6): the two budgets plus decoding,
-        # validation, tune and predict keep the whole pipeline under 20 minutes from 50 to 2,000
-        # training images, since a step costs the same whatever the dataset's size.
         return dict(encoder=LITE0, encoder_weights="imagenet", img_size=256, batch_size=8,
-                    steps=330 if model == "unetpp" else 320, rounds=10, lr=1e-3, weight_decay=1e-4,
+                    steps=CPU_STEPS[model]["bf16"], rounds=10, lr=1e-3, weight_decay=1e-4,
                     mean=LITE0_MEAN, std=LITE0_STD, num_workers=1, precision="auto")
     if preset == "smoke":
         return dict(encoder=LITE0, encoder_weights="none", img_size=64, batch_size=4, steps=16, rounds=2,
@@ -127,7 +132,8 @@ def resolve_config(model: str, preset: str = "auto", cuda_available: bool | None
         preset = "full" if cuda_available else "cpu"
         reason = "auto: CUDA available -> full" if cuda_available else "auto: no CUDA -> cpu"
     values = _preset_values(preset, model)
-    values.update({k: v for k, v in overrides.items() if v is not None})
+    explicit = {k: v for k, v in overrides.items() if v is not None}
+    values.update(explicit)
     if values.get("precision") in ("auto", "fp16"):
         if cuda_available is None:
             import torch
@@ -137,6 +143,8 @@ def resolve_config(model: str, preset: str = "auto", cuda_available: bool | None
             raise ConfigError("precision 'fp16' needs CUDA; use bf16 or fp32 on CPU")
         values["precision"], why = resolve_precision(values["precision"], cuda_available)
         reason = f"{reason}; {why}"
+    if preset == "cpu" and "steps" not in explicit and values["precision"] in CPU_STEPS[model]:
+        values["steps"] = CPU_STEPS[model][values["precision"]]  # the same minutes whatever the CPU
     config = TrainConfig(model=model, preset=preset, preset_reason=reason, **values)
     validate(config)
     return config
