@@ -27,7 +27,8 @@ def test_epochs_override_counts_passes_and_validates_after_each():
 
 
 def test_a_large_validation_split_is_validated_less_often_but_at_least_three_times():
-    assert plan_training(train_images=1700, batch_size=8, steps=300, val_images=300).rounds == VALIDATION_BUDGET // 300
+    assert plan_training(train_images=1700, batch_size=8, steps=300, val_images=200).rounds == VALIDATION_BUDGET // 200
+    assert plan_training(train_images=202, batch_size=8, steps=300, val_images=36).rounds == 10  # the dev set
     assert plan_training(train_images=9000, batch_size=8, steps=300, val_images=1600).rounds == 3
     assert plan_training(train_images=40, batch_size=8, steps=4, val_images=6).rounds == 4  # never more than steps
     with pytest.raises(ValueError, match="either steps or epochs"):

@@ -45,7 +45,10 @@ class Plan:
                 f"warm-up {self.warmup_steps}")
 
 
-VALIDATION_BUDGET = 1500  # validation images per run: a large validation split is validated less often
+# Validation images per run: a large validation split is validated less often. A validation image
+# costs ~0.08 s at 256 px on 2 cores, so 1,000 keep validation under ~1.5 minutes a training (the
+# dev set's 36 images x 10 rounds are well below; 2,000 images' 300 get 3 rounds, BENCHMARKS.md row 6c).
+VALIDATION_BUDGET = 1000
 
 
 def plan_training(*, train_images: int, batch_size: int, world_size: int = 1, steps: int | None = None,
