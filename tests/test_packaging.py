@@ -36,6 +36,24 @@ def test_mlproject_entry_points_call_the_cli():
         assert entry["parameters"]["data_dir"]["default"] == "data", name
 
 
+def test_every_mlproject_parameter_reaches_a_cli_option():
+    """A parameter added to MLproject but not to its command (or to the CLI) would be logged by
+    `mlflow run` and silently ignored."""
+    import re
+
+    from potholes.cli import cli
+
+    project = yaml.safe_load((REPO / "MLproject").read_text())
+    for name, entry in project["entry_points"].items():
+        command = entry["command"]
+        for param in entry["parameters"]:
+            assert "{" + param + "}" in command, (name, param)
+        cli_name = re.search(r"python -m potholes (\w+)", command).group(1)
+        options = {opt for p in cli.commands[cli_name].params for opt in p.opts}
+        for flag in re.findall(r"(--[a-z-]+) ", command):
+            assert flag in options, (name, flag)
+
+
 def test_cli_help_and_module_entry():
     out = subprocess.run([sys.executable, "-m", "potholes", "--help"], capture_output=True, text=True, check=True)
     assert "prepare" in out.stdout and "synth" in out.stdout
