@@ -5,6 +5,7 @@ are never looked at here; `bench_quality.py` measures the chosen recipe on them.
 
     python benchmarks/bench_recipes.py --model deeplab --steps 200 --seeds 1 2 \\
         --candidates base lite1 ema tversky px320
+    python benchmarks/bench_recipes.py --model unetpp --seeds 1 2 --candidates base geo_strong
 """
 
 from __future__ import annotations
@@ -30,7 +31,36 @@ CANDIDATES = {
     "px384": {"img_size": 384},
     "lr3e-3": {"lr": 3e-3},
     "batch4": {"batch_size": 4},
+    "px384crop256": {"img_size": 384, "crop_size": 256},
+    "geo_strong": {},  # the augmentation below, not a config value
 }
+# Candidates that change the augmentation pipeline rather than a config value (not product options).
+TRANSFORMS = {"geo_strong": dict(scale=(0.8, 1.2), translate_percent=(-0.08, 0.08), rotate=(-10, 10), shear=(-3, 3),
+                                 p=0.7)}
+
+
+def use_affine(affine: dict | None) -> None:
+    """Swap the seed's Affine for ``affine`` in every training pipeline built from now on (or
+    restore it). Patched in this process, which builds the pipeline the loader's workers receive."""
+    import albumentations as A
+    import cv2
+
+    from potholes import augment
+
+    original = getattr(use_affine, "original", augment.train_transform)
+    use_affine.original = original
+    if affine is None:
+        augment.train_transform = original
+        return
+
+    def patched(seed: int = 0, crop_size: int = 0) -> A.Compose:
+        steps = [A.Affine(**affine, interpolation=cv2.INTER_LINEAR, border_mode=cv2.BORDER_REFLECT_101)
+                 if isinstance(t, A.Affine) else t for t in original(seed, crop_size).transforms]
+        transform = A.Compose(steps)
+        augment.seed_transform(transform, seed)
+        return transform
+
+    augment.train_transform = patched
 
 
 def train_once(data: Path, model: str, preset: str, steps: int | None, seed: int, overrides: dict) -> dict:
@@ -54,7 +84,7 @@ def main() -> None:
                    choices=sorted(CANDIDATES))
     args = p.parse_args()
     if args.quick:
-        args.preset, args.steps, args.candidates = "smoke", 4, ["base", "tversky"]
+        args.preset, args.steps, args.candidates = "smoke", 4, ["base", "geo_strong"]
     from potholes import tracking
 
     rows = []
@@ -63,6 +93,7 @@ def main() -> None:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
         tracking.configure("recipes", project_root=tmp)
         for name in args.candidates:
+            use_affine(TRANSFORMS.get(name))
             runs = [train_once(data, args.model, args.preset, args.steps, seed, CANDIDATES[name]) for seed in args.seeds]
             dice = [r["val_dice"] for r in runs]
             row = {"candidate": name, "overrides": CANDIDATES[name], "model": args.model, "steps": args.steps,
