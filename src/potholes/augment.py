@@ -21,7 +21,7 @@ import torch
 GAUSS_NOISE_STD_RANGE = (math.sqrt(4) / 255, math.sqrt(15) / 255)
 
 
-def train_transform(seed: int = 0, crop_size: int | None = None) -> A.Compose:
+def train_transform(seed: int = 0, crop_size: int = 0) -> A.Compose:
     """The seed's augmentations; with ``crop_size``, first a random square crop of that size, so
     a step costs what a ``crop_size`` image costs while the model learns at the cached (larger)
     scale it will predict at."""

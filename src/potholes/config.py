@@ -103,12 +103,11 @@ def _preset_values(preset: str, model: str) -> dict:
     raise ConfigError(f"preset must be one of {list(PRESETS)}, got '{preset}'")
 
 
-def resolve_precision(precision: str, cuda_available: bool) -> tuple[str, str]:
-    """``auto``: fp16 mixed precision on CUDA; bf16 on a CPU with bfloat16 matrix units (AMX or
-    AVX512-BF16), where it makes a training step ~1.5x faster (BENCHMARKS.md, row 6b); fp32 on
-    other CPUs, which would emulate bf16 slowly. Returns the precision and why."""
-    if precision != "auto":
-        return precision, f"precision '{precision}' requested"
+def auto_precision(cuda_available: bool) -> tuple[str, str]:
+    """What ``precision=auto`` means here: fp16 mixed precision on CUDA; bf16 on a CPU with
+    bfloat16 matrix units (AMX or AVX512-BF16), where it makes a training step ~1.5x faster
+    (BENCHMARKS.md, row 6b); fp32 on other CPUs, which would emulate bf16 slowly. Returns the
+    precision and why."""
     if cuda_available:
         return "fp16", "auto: CUDA -> fp16"
     import torch
@@ -116,6 +115,15 @@ def resolve_precision(precision: str, cuda_available: bool) -> tuple[str, str]:
     if torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported():
         return "bf16", "auto: CPU with bfloat16 units -> bf16"
     return "fp32", "auto: CPU without bfloat16 units -> fp32"
+
+
+def _probe_cuda(cuda_available: bool | None) -> bool:
+    """The caller's answer, else torch's (imported only when a preset or precision needs it)."""
+    if cuda_available is not None:
+        return cuda_available
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def resolve_config(model: str, preset: str = "auto", cuda_available: bool | None = None, **overrides) -> TrainConfig:
@@ -126,24 +134,19 @@ def resolve_config(model: str, preset: str = "auto", cuda_available: bool | None
         raise ConfigError(f"preset must be one of {list(PRESETS)}, got '{preset}'")
     reason = f"preset '{preset}' requested"
     if preset == "auto":
-        if cuda_available is None:
-            import torch
-
-            cuda_available = torch.cuda.is_available()
+        cuda_available = _probe_cuda(cuda_available)
         preset = "full" if cuda_available else "cpu"
         reason = "auto: CUDA available -> full" if cuda_available else "auto: no CUDA -> cpu"
     values = _preset_values(preset, model)
     explicit = {k: v for k, v in overrides.items() if v is not None}
     values.update(explicit)
     if values.get("precision") in ("auto", "fp16"):
-        if cuda_available is None:
-            import torch
-
-            cuda_available = torch.cuda.is_available()
+        cuda_available = _probe_cuda(cuda_available)
         if values["precision"] == "fp16" and not cuda_available:
             raise ConfigError("precision 'fp16' needs CUDA; use bf16 or fp32 on CPU")
-        values["precision"], why = resolve_precision(values["precision"], cuda_available)
-        reason = f"{reason}; {why}"
+        if values["precision"] == "auto":
+            values["precision"], why = auto_precision(cuda_available)
+            reason = f"{reason}; {why}"
     if preset == "cpu" and "steps" not in explicit and values["precision"] in CPU_STEPS[model]:
         values["steps"] = CPU_STEPS[model][values["precision"]]  # the same minutes whatever the CPU
     config = TrainConfig(model=model, preset=preset, preset_reason=reason, **values)

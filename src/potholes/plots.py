@@ -55,6 +55,7 @@ def validation_overlays(model, images: np.ndarray, masks: np.ndarray, mean, std,
     import torch
 
     from potholes.augment import normalize_batch
+    from potholes.postprocess import dice_score
 
     take = min(count, len(images))
     with torch.inference_mode():
@@ -62,9 +63,7 @@ def validation_overlays(model, images: np.ndarray, masks: np.ndarray, mean, std,
     pred = pred.cpu().numpy()[:, 0]
     panels = []
     for i in range(take):
-        truth = masks[i].astype(bool)
-        total = int(pred[i].sum() + truth.sum())
-        score = 2 * int((pred[i] & truth).sum()) / total if total else 1.0  # empty vs empty scores 1
+        score = dice_score(pred[i], masks[i])
         panels.append((f"truth #{i}", overlay(images[i], masks[i], color=(0, 255, 0))))
         panels.append((f"prediction #{i} dice {score:.2f}", overlay(images[i], pred[i], color=(255, 0, 0))))
     return overlay_grid(panels, columns=4)
