@@ -9,13 +9,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
-from common import dataset, parser, report
+from common import dataset, parser, report, seconds_per_train_step
 from potholes import augment
 from potholes.config import resolve_config
 from potholes.data import build_manifest
-from potholes.train import SegmentationDataset, criterion, init_state, load_split, make_loader, plan_training
+from potholes.train import SegmentationDataset, load_split, make_loader
 
 
 def main() -> None:
@@ -42,23 +40,8 @@ def main() -> None:
             seen += len(batch)
         loader_rate = seen / (time.perf_counter() - start)
 
-        plan = plan_training(train_images=len(images), batch_size=config.batch_size, steps=steps + 1)
-        state = init_state(config, plan, torch.device("cpu"))
-        loss_fn = criterion(config)
-        x = torch.randn(config.batch_size, 3, config.img_size, config.img_size).contiguous(memory_format=torch.channels_last)
-        y = (torch.rand(config.batch_size, 1, config.img_size, config.img_size) > 0.8).float()
-        state.model.train()
-
-        def step():
-            state.optimizer.zero_grad(set_to_none=True)
-            loss_fn(state.model(x), y).backward()
-            state.optimizer.step()
-
-        step()
-        start = time.perf_counter()
-        for _ in range(steps):
-            step()
-        step_rate = steps * config.batch_size / (time.perf_counter() - start)
+        # fp32 as this row was measured (BENCHMARKS.md, row 5); bf16 steps are row 6b
+        step_rate = config.batch_size / seconds_per_train_step(config, steps, "fp32")
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     rows = [{"row": "5 train input", "model": args.model, "img_size": config.img_size, "batch": config.batch_size,
              "workers": config.num_workers, "loader_img_per_s": loader_rate, "step_img_per_s": step_rate,

@@ -6,39 +6,13 @@ choice is row 6 (`bench_quality.py`)."""
 
 from __future__ import annotations
 
-import time
-
-import torch
-
-from common import parser, report
-from potholes.budget import plan_training
+from common import parser, report, seconds_per_train_step
 from potholes.config import resolve_config
-from potholes.train import autocast, criterion, init_state
 
 
 def seconds_per_step(model: str, precision: str, img_size: int, steps: int) -> float:
     config = resolve_config(model, "cpu", encoder_weights="none", precision=precision, img_size=img_size)
-    state = init_state(config, plan_training(train_images=64, batch_size=config.batch_size, steps=steps + 1),
-                       torch.device("cpu"))
-    loss_fn = criterion(config)
-    generator = torch.Generator().manual_seed(0)
-    shape = (config.batch_size, 3, img_size, img_size)
-    x = torch.randn(shape, generator=generator).contiguous(memory_format=torch.channels_last)
-    y = (torch.rand((config.batch_size, 1, img_size, img_size), generator=generator) > 0.8).float()
-    state.model.train()
-
-    def step():
-        state.optimizer.zero_grad(set_to_none=True)
-        with autocast(torch.device("cpu"), precision):
-            loss = loss_fn(state.model(x).float(), y)
-        loss.backward()
-        state.optimizer.step()
-
-    step()  # first-call costs (oneDNN primitive creation) are paid once per run
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return (time.perf_counter() - start) / steps
+    return seconds_per_train_step(config, steps, precision)
 
 
 def main() -> None:

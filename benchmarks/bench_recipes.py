@@ -18,7 +18,10 @@ from pathlib import Path
 
 from common import dataset, parser, report
 
+from potholes import augment
 from potholes.models import LITE1, LITE2
+
+SEED_TRANSFORM = augment.train_transform
 
 # Each candidate changes one thing of the cpu preset (names in BENCHMARKS.md, row 6a).
 CANDIDATES = {
@@ -40,22 +43,19 @@ TRANSFORMS = {"geo_strong": dict(scale=(0.8, 1.2), translate_percent=(-0.08, 0.0
 
 
 def use_affine(affine: dict | None) -> None:
-    """Swap the seed's Affine for ``affine`` in every training pipeline built from now on (or
-    restore it). Patched in this process, which builds the pipeline the loader's workers receive."""
+    """Swap the seed's Affine for ``affine`` in every training pipeline built from now on (None
+    restores the seed's). Patched in this process, which builds the pipeline the loader's workers
+    receive."""
     import albumentations as A
     import cv2
 
-    from potholes import augment
-
-    original = getattr(use_affine, "original", augment.train_transform)
-    use_affine.original = original
     if affine is None:
-        augment.train_transform = original
+        augment.train_transform = SEED_TRANSFORM
         return
 
     def patched(seed: int = 0, crop_size: int = 0) -> A.Compose:
         steps = [A.Affine(**affine, interpolation=cv2.INTER_LINEAR, border_mode=cv2.BORDER_REFLECT_101)
-                 if isinstance(t, A.Affine) else t for t in original(seed, crop_size).transforms]
+                 if isinstance(t, A.Affine) else t for t in SEED_TRANSFORM(seed, crop_size).transforms]
         transform = A.Compose(steps)
         augment.seed_transform(transform, seed)
         return transform

@@ -63,6 +63,38 @@ def best_of(fn, repeat: int = 3) -> float:
     return min(times)
 
 
+def seconds_per_train_step(config, steps: int, precision: str = "fp32") -> float:
+    """Mean wall time of ``steps`` optimizer steps of ``config``'s model (its optimizer, loss and
+    channels_last input) in ``precision``, on one fixed random batch; one untimed step first, as
+    oneDNN creates its primitives on the first call."""
+    import torch
+
+    from potholes.budget import plan_training
+    from potholes.train import autocast, criterion, init_state
+
+    device = torch.device("cpu")
+    state = init_state(config, plan_training(train_images=64, batch_size=config.batch_size, steps=steps + 1), device)
+    loss_fn = criterion(config)
+    generator = torch.Generator().manual_seed(0)
+    size = config.img_size
+    x = torch.randn((config.batch_size, 3, size, size), generator=generator).contiguous(memory_format=torch.channels_last)
+    y = (torch.rand((config.batch_size, 1, size, size), generator=generator) > 0.8).float()
+    state.model.train()
+
+    def step():
+        state.optimizer.zero_grad(set_to_none=True)
+        with autocast(device, precision):
+            loss = loss_fn(state.model(x).float(), y)
+        loss.backward()
+        state.optimizer.step()
+
+    step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - start) / steps
+
+
 def untrained_checkpoints(folder: Path, img_size: int) -> dict[str, Path]:
     """Both ensemble members at the cpu preset's architecture, randomly initialised: speed does not
     depend on the weights, so timing rows need no training."""
