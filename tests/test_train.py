@@ -75,6 +75,21 @@ def test_dice_per_image_counts_empty_vs_empty_as_one():
     torch.testing.assert_close(train_mod.dice_per_image(pred, truth), torch.tensor([1.0, 2 * 4 / 12, 0.0]))
 
 
+def test_image_dice_loss_weighs_a_small_pothole_like_a_large_one():
+    # Two images: a large pothole predicted perfectly, a small one missed entirely.
+    truth = torch.zeros(2, 1, 32, 32)
+    truth[0, 0, :16] = 1
+    truth[1, 0, 0, :2] = 1
+    logits = torch.where(truth > 0, 20.0, -20.0)
+    logits[1] = -20.0
+    per_image = train_mod.soft_dice_per_image_loss(logits, truth)
+    assert per_image == pytest.approx(0.5 * (1 - 1 / 3), abs=1e-3)  # mean of ~0 and 1 - eps / (2 + eps)
+    # smp's DiceLoss pools the batch, so the missed small pothole barely counts there.
+    pooled = train_mod.criterion(resolve_config("unetpp", "smoke", focal_weight=0.0))(logits, truth)
+    assert pooled < 0.01
+    image_loss = train_mod.criterion(resolve_config("unetpp", "smoke", focal_weight=0.0, loss="image_dice_focal"))
+    assert image_loss(logits, truth) == pytest.approx(per_image.item())
+
 def interrupt_on_round(monkeypatch, round_: int, exc: BaseException):
     calls = {"n": 0}
     original = train_mod.train_round

@@ -27,15 +27,26 @@ from potholes.training_data import SegmentationDataset, load_split, make_loader,
 # ----------------------------------------------------------------------------- loss and metric
 def criterion(config: TrainConfig) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """Dice + 0.6 x Focal(gamma=2) on logits, as the seed; ``loss="tversky_focal"`` swaps Dice for
-    Tversky(alpha=0.3, beta=0.7), which weighs missed pothole pixels above false alarms."""
+    Tversky(alpha=0.3, beta=0.7), which weighs missed pothole pixels above false alarms, and
+    ``"image_dice_focal"`` for the soft Dice of each image, averaged."""
     from segmentation_models_pytorch.losses import DiceLoss, FocalLoss, TverskyLoss
 
     if config.loss == "tversky_focal":
         overlap = TverskyLoss(mode="binary", from_logits=True, alpha=0.3, beta=0.7)
+    elif config.loss == "image_dice_focal":
+        overlap = soft_dice_per_image_loss
     else:
         overlap = DiceLoss(mode="binary", from_logits=True)
     focal = FocalLoss(mode="binary", gamma=config.focal_gamma)
     return lambda logits, target: overlap(logits, target) + config.focal_weight * focal(logits, target)
+
+
+def soft_dice_per_image_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """1 - soft Dice of each image, averaged: the metric is a mean over images, so a small pothole
+    weighs as much as a large one (smp's DiceLoss pools every pixel of the batch into one Dice)."""
+    prob, target = torch.sigmoid(logits).flatten(1), target.flatten(1)
+    inter = (prob * target).sum(1)
+    return (1 - (2 * inter + eps) / (prob.sum(1) + target.sum(1) + eps)).mean()
 
 
 def dice_per_image(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
