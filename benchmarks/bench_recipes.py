@@ -6,6 +6,10 @@ are never looked at here; `bench_quality.py` measures the chosen recipe on them.
     python benchmarks/bench_recipes.py --model deeplab --steps 200 --seeds 1 2 \\
         --candidates base lite1 ema tversky px320
     python benchmarks/bench_recipes.py --model unetpp --seeds 1 2 --candidates base geo_strong
+    python benchmarks/bench_recipes.py --model unetpp --seeds 1 2 --candidates dice_focal base
+
+"base" is the cpu preset as it is now; rows measured before its loss became ``image_dice_focal``
+reproduce with ``dice_focal`` in front of their change.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ CANDIDATES = {
     "px320": {"img_size": 320},
     "px384": {"img_size": 384},
     "lr3e-3": {"lr": 3e-3},
+    "dice_focal": {"loss": "dice_focal"},  # the seed's loss: one Dice over the batch's pixels (base until row 6a's loss change)
     "batch4": {"batch_size": 4},
     "px384crop256": {"img_size": 384, "crop_size": 256},
     "geo_strong": {},  # the augmentation below, not a config value

@@ -22,6 +22,8 @@ SCRIPTS = {
                          and all(len(row["val_dice"]) == 2 and row["val_dice_spread"] >= 0 for row in r["rows"])),
     "bench_precision.py": ("precision", lambda r: [row["model"] for row in r["rows"]] == ["unetpp", "deeplab"]
                            and all(row["fp32_s_per_step"] > 0 and row["bf16_s_per_step"] > 0 for row in r["rows"])),
+    "bench_tta.py": ("tta", lambda r: len(r["rows"]) == 6 and all(0 <= row["val_dice"] <= 1 for row in r["rows"])
+                     and r["rows"][0]["vs_ours"] == 0),
     "bench_scale.py": ("scale", lambda r: r["rows"][0]["train_pairs"] == 30 and r["rows"][0]["wall_seconds"] > 0),
 }
 

@@ -1,0 +1,139 @@
+"""Row 6a, extra TTA: which test-time views would pay, judged on the validation split only.
+
+Takes the two members of finished pipelines (the stores `bench_quality.py --keep` leaves, one
+per seed), computes each member's validation logits once per view set, and reports, per seed,
+the best blend over a small grid of weight and threshold (the smallest min-area tune searches)
+for each TTA variant. The product's TTA is the horizontal flip at the training size
+("h@256"); the variants add the vertical flip (4 views) and other input scales, whose logits are
+resized to the model size and averaged.
+
+    python benchmarks/bench_quality.py --seeds 1 2 --keep /tmp/quality
+    python benchmarks/bench_tta.py --stores /tmp/quality/seed1 /tmp/quality/seed2
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from common import dataset, parser, report
+
+FLIPS = {"h": ([], [3]), "hv": ([], [3], [2], [2, 3])}  # flip dims of each view, NCHW
+# name -> [(input scale as a share of the model size, flips)]
+VARIANTS = {
+    "h@1.0 (ours)": [(1.0, "h")],
+    "hv@1.0": [(1.0, "hv")],
+    "h@1.25": [(1.25, "h")],
+    "h@1.0+1.25": [(1.0, "h"), (1.25, "h")],
+    "h@0.875+1.0+1.25": [(0.875, "h"), (1.0, "h"), (1.25, "h")],
+    "h@1.0+1.25+1.5": [(1.0, "h"), (1.25, "h"), (1.5, "h")],
+}
+
+
+def view_logits(model, images: np.ndarray, mean, std, flips: str, size: int) -> np.ndarray:
+    """Mean logits over the flipped views of a uint8 batch, resized to ``size``."""
+    import cv2
+    import torch
+
+    from potholes.augment import normalize_batch
+
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(images), 4):
+            x = normalize_batch(images[start:start + 4], mean, std).contiguous(memory_format=torch.channels_last)
+            views = [torch.flip(model(torch.flip(x, d) if d else x), d) if d else model(x) for d in FLIPS[flips]]
+            out.append(torch.stack(views).mean(0)[:, 0].numpy())
+    logits = np.concatenate(out)
+    if logits.shape[-1] == size:
+        return logits
+    return np.stack([cv2.resize(l, (size, size), interpolation=cv2.INTER_LINEAR) for l in logits])
+
+
+def best_blend(logits: dict, masks: np.ndarray, min_area: int) -> tuple[float, float, float]:
+    from potholes import postprocess as pp
+
+    scores = {(w, t): pp.mean_dice(pp.blend_logits(logits["unetpp"], logits["deeplab"], w), masks,
+                                   float(np.log(t / (1 - t))), min_area)
+              for w in np.round(np.arange(0.2, 0.81, 0.1), 1) for t in (0.3, 0.35, 0.4, 0.45)}
+    (w, t), dice = max(scores.items(), key=lambda kv: kv[1])
+    return dice, float(w), t
+
+
+def store_rows(store: Path, data: Path) -> list[dict]:
+    """Every variant's best validation blend for the members of one store."""
+    import mlflow
+    import torch
+
+    from potholes import postprocess as pp
+    from potholes.data import build_manifest
+    from potholes.models import load_checkpoint
+    from potholes.training_data import load_split
+    from potholes.tune import download_best_checkpoint
+
+    mlflow.set_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")
+    prepared = build_manifest(str(data), 0.15, 42, progress=False)
+    members = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in ("unetpp", "deeplab"):
+            run = mlflow.search_runs(search_all_experiments=True, output_format="list", max_results=1,
+                                     filter_string=f"tags.model = '{name}' AND tags.`potholes.stage` = 'train' "
+                                                   "AND attributes.status = 'FINISHED'",
+                                     order_by=["attributes.start_time DESC"])[0]
+            members[name] = load_checkpoint(download_best_checkpoint(run.info.run_id, Path(tmp) / name))
+    size = int(members["unetpp"][1]["img_size"])
+    scales = sorted({scale for parts in VARIANTS.values() for scale, _ in parts})
+    images = {s: load_split(prepared.layout.root, prepared.manifest, "val", int(round(size * s / 32)) * 32, False)[0]
+              for s in scales}
+    masks = load_split(prepared.layout.root, prepared.manifest, "val", size, False)[1]
+    cache = {}
+    for name, (model, config) in members.items():
+        model = model.to(memory_format=torch.channels_last)
+        for s in scales:
+            for flips in FLIPS:
+                cache[name, s, flips] = view_logits(model, images[s], config["mean"], config["std"], flips, size)
+    rows = []
+    for variant, parts in VARIANTS.items():
+        logits = {name: np.mean([cache[name, s, f] for s, f in parts], axis=0) for name in members}
+        dice, w, t = best_blend(logits, masks, pp.scaled_min_area(100, size))
+        rows.append({"store": store.name, "variant": variant, "views": sum(len(FLIPS[f]) for _, f in parts),
+                     "val_dice": dice, "w_unetpp": w, "threshold": t})
+    return rows
+
+
+def main() -> None:
+    p = parser(__doc__)
+    p.add_argument("--stores", nargs="+", default=[], help="tracking stores of finished pipelines (bench_quality --keep)")
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        data = dataset(args, Path(tmp), n_train=16, n_test=4, size=64)
+        stores = [Path(s).resolve() for s in args.stores]
+        if args.quick:  # two smoke members in a fresh store
+            from potholes import tracking
+            from potholes.config import resolve_config
+            from potholes.train import run_train
+
+            store = Path(tmp) / "quick"
+            store.mkdir()
+            os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store / 'mlflow.db'}"
+            tracking.configure("tta", project_root=str(store))
+            for name in ("unetpp", "deeplab"):
+                run_train(resolve_config(name, "smoke", steps=4), str(data), progress=False)
+            stores = [store]
+        if not stores:
+            p.error("--stores is required (the folders bench_quality.py --keep leaves), or --quick")
+        rows = [row for store in stores for row in store_rows(store, data)]
+    ours = {r["store"]: r["val_dice"] for r in rows if r["variant"].endswith("(ours)")}
+    for row in rows:
+        row["vs_ours"] = row["val_dice"] - ours[row["store"]]
+    means = {v: statistics.mean(r["vs_ours"] for r in rows if r["variant"] == v) for v in VARIANTS}
+    print("\nmean change against ours: " + ", ".join(f"{v} {d:+.4f}" for v, d in means.items()))
+    report("tta", rows, {"judged_on": "validation split, best blend on a weight x threshold grid",
+                         "mean_vs_ours": means}, args)
+
+
+if __name__ == "__main__":
+    main()
