@@ -54,10 +54,9 @@ def view_logits(model, images: np.ndarray, mean, std, flips: str, size: int) -> 
 
 
 def best_blend(logits: dict, masks: np.ndarray, min_area: int) -> tuple[float, float, float]:
-    from potholes import postprocess as pp
+    from potholes.tune import score  # a tune trial's score: blend, threshold, clean, mean Dice
 
-    scores = {(w, t): pp.mean_dice(pp.blend_logits(logits["unetpp"], logits["deeplab"], w), masks,
-                                   float(np.log(t / (1 - t))), min_area)
+    scores = {(w, t): score(logits, masks, float(w), t, min_area)
               for w in np.round(np.arange(0.2, 0.81, 0.1), 1) for t in (0.3, 0.35, 0.4, 0.45)}
     (w, t), dice = max(scores.items(), key=lambda kv: kv[1])
     return dice, float(w), t
@@ -68,22 +67,20 @@ def store_rows(store: Path, data: Path) -> list[dict]:
     import mlflow
     import torch
 
-    from potholes import postprocess as pp
+    from potholes import tracking
     from potholes.data import build_manifest
     from potholes.models import load_checkpoint
     from potholes.training_data import load_split
-    from potholes.tune import download_best_checkpoint
+    from potholes.tune import TuneConfig, download_best_checkpoint, latest_train_run, min_area_range
 
     mlflow.set_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")
     prepared = build_manifest(str(data), 0.15, 42, progress=False)
+    digest = tracking.manifest_dataset(prepared.manifest, prepared.layout.root).digest
     members = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name in ("unetpp", "deeplab"):
-            run = mlflow.search_runs(search_all_experiments=True, output_format="list", max_results=1,
-                                     filter_string=f"tags.model = '{name}' AND tags.`potholes.stage` = 'train' "
-                                                   "AND attributes.status = 'FINISHED'",
-                                     order_by=["attributes.start_time DESC"])[0]
-            members[name] = load_checkpoint(download_best_checkpoint(run.info.run_id, Path(tmp) / name))
+        for name in ("unetpp", "deeplab"):  # the members tune would pick: newest finished, same split
+            run_id = latest_train_run(name, digest)
+            members[name] = load_checkpoint(download_best_checkpoint(run_id, Path(tmp) / name))
     size = int(members["unetpp"][1]["img_size"])
     scales = sorted({scale for parts in VARIANTS.values() for scale, _ in parts})
     images = {s: load_split(prepared.layout.root, prepared.manifest, "val", int(round(size * s / 32)) * 32, False)[0]
@@ -95,10 +92,11 @@ def store_rows(store: Path, data: Path) -> list[dict]:
         for s in scales:
             for flips in FLIPS:
                 cache[name, s, flips] = view_logits(model, images[s], config["mean"], config["std"], flips, size)
+    min_area = min_area_range(TuneConfig(), prepared.manifest, size)[0]  # the smallest tune searches
     rows = []
     for variant, parts in VARIANTS.items():
         logits = {name: np.mean([cache[name, s, f] for s, f in parts], axis=0) for name in members}
-        dice, w, t = best_blend(logits, masks, pp.scaled_min_area(100, size))
+        dice, w, t = best_blend(logits, masks, min_area)
         rows.append({"store": store.name, "variant": variant, "views": sum(len(FLIPS[f]) for _, f in parts),
                      "val_dice": dice, "w_unetpp": w, "threshold": t})
     return rows

@@ -90,6 +90,7 @@ def test_image_dice_loss_weighs_a_small_pothole_like_a_large_one():
     image_loss = train_mod.criterion(resolve_config("unetpp", "smoke", focal_weight=0.0, loss="image_dice_focal"))
     assert image_loss(logits, truth) == pytest.approx(per_image.item())
 
+
 def interrupt_on_round(monkeypatch, round_: int, exc: BaseException):
     calls = {"n": 0}
     original = train_mod.train_round
