@@ -24,6 +24,9 @@ SCRIPTS = {
                            and all(row["fp32_s_per_step"] > 0 and row["bf16_s_per_step"] > 0 for row in r["rows"])),
     "bench_tta.py": ("tta", lambda r: len(r["rows"]) == 6 and all(0 <= row["val_dice"] <= 1 for row in r["rows"])
                      and r["rows"][0]["vs_ours"] == 0),
+    "bench_gpu.py": ("gpu", lambda r: r["rows"][0]["variant"] == "full_lite2" and 0 <= r["rows"][0]["test_dice"] <= 1
+                     and all(t["encoder"] == "tu-tf_efficientnet_lite2" and t["img_size"] == "64"
+                             for t in r["rows"][0]["trained"].values())),
     "bench_scale.py": ("scale", lambda r: r["rows"][0]["train_pairs"] == 30 and r["rows"][0]["wall_seconds"] > 0),
 }
 

@@ -16,9 +16,13 @@ from potholes.tune import TuneConfig, run_tune
 
 
 def run_main(data_dir: str, preset: str = "auto", n_trials: int = 40, output: str = "submission.csv",
-             registered_model: str = "pothole-ensemble", seed: int = 42, progress: bool = True) -> dict:
+             registered_model: str = "pothole-ensemble", seed: int = 42, progress: bool = True,
+             train_overrides: dict | None = None) -> dict:
+    """``train_overrides``: config values applied to both trainings on top of the preset (for
+    benchmarks, e.g. ``encoder_weights="none"`` where a preset's ImageNet weights cannot be had)."""
     # Resolve (and so validate) everything before the parent run exists.
-    configs = {model: resolve_config(model, preset, seed=seed) for model in ("unetpp", "deeplab")}
+    configs = {model: resolve_config(model, preset, seed=seed, **(train_overrides or {}))
+               for model in ("unetpp", "deeplab")}
     tune_config = TuneConfig(n_trials=n_trials, registered_model=registered_model, seed=seed)
     tune_config.validate()
     split = SplitConfig(configs["unetpp"].val_fraction, configs["unetpp"].split_seed)
