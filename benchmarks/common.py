@@ -70,7 +70,8 @@ def seconds_per_train_step(config, steps: int, precision: str = "fp32") -> float
     import torch
 
     from potholes.budget import plan_training
-    from potholes.train import autocast, criterion, init_state
+    from potholes.losses import criterion
+    from potholes.train import autocast, init_state
 
     device = torch.device("cpu")
     state = init_state(config, plan_training(train_images=64, batch_size=config.batch_size, steps=steps + 1), device)

@@ -9,6 +9,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import REPO, cli_env
 from potholes import tracking
+from potholes import losses
 from potholes import train as train_mod
 from potholes.config import resolve_config
 from potholes.data import build_manifest
@@ -59,7 +60,7 @@ def test_best_checkpoint_reproduces_logged_val_dice(in_smoke_store, tmp_path):
     prepared = build_manifest(in_smoke_store.data, progress=False)
     images, masks = train_mod.load_split(prepared.layout.root, prepared.manifest, "val", 64, progress=False)
     loader = train_mod.make_loader(train_mod.SegmentationDataset(images, masks, config.mean, config.std), config, train=False)
-    scores = train_mod.evaluate(model.to(memory_format=torch.channels_last), loader, train_mod.criterion(config),
+    scores = train_mod.evaluate(model.to(memory_format=torch.channels_last), loader, losses.criterion(config),
                                 0.4, torch.device("cpu"))
     logged = MlflowClient().get_run(result["run_id"]).data.metrics["best_val_dice"]
     assert scores["val_dice"] == pytest.approx(logged, abs=1e-6)
@@ -72,7 +73,7 @@ def test_dice_per_image_counts_empty_vs_empty_as_one():
     pred[1, 0, :2] = 1
     truth[1, 0, :1] = 1
     truth[2, 0, 0, 0] = 1
-    torch.testing.assert_close(train_mod.dice_per_image(pred, truth), torch.tensor([1.0, 2 * 4 / 12, 0.0]))
+    torch.testing.assert_close(losses.dice_per_image(pred, truth), torch.tensor([1.0, 2 * 4 / 12, 0.0]))
 
 
 def test_image_dice_loss_weighs_a_small_pothole_like_a_large_one():
@@ -82,12 +83,12 @@ def test_image_dice_loss_weighs_a_small_pothole_like_a_large_one():
     truth[1, 0, 0, :2] = 1
     logits = torch.where(truth > 0, 20.0, -20.0)
     logits[1] = -20.0
-    per_image = train_mod.soft_dice_per_image_loss(logits, truth)
+    per_image = losses.soft_dice_per_image_loss(logits, truth)
     assert per_image == pytest.approx(0.5 * (1 - 1 / 3), abs=1e-3)  # mean of ~0 and 1 - eps / (2 + eps)
     # smp's DiceLoss pools the batch, so the missed small pothole barely counts there.
-    pooled = train_mod.criterion(resolve_config("unetpp", "smoke", focal_weight=0.0))(logits, truth)
+    pooled = losses.criterion(resolve_config("unetpp", "smoke", focal_weight=0.0))(logits, truth)
     assert pooled < 0.01
-    image_loss = train_mod.criterion(resolve_config("unetpp", "smoke", focal_weight=0.0, loss="image_dice_focal"))
+    image_loss = losses.criterion(resolve_config("unetpp", "smoke", focal_weight=0.0, loss="image_dice_focal"))
     assert image_loss(logits, truth) == pytest.approx(per_image.item())
 
 
