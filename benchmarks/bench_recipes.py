@@ -22,11 +22,10 @@ from pathlib import Path
 
 from common import dataset, parser, report
 
-from potholes import augment, train
+from potholes import augment
 from potholes.models import LITE1, LITE2
 
 SEED_TRANSFORM = augment.train_transform
-PRESET_CRITERION = train.criterion
 
 # Each candidate changes one thing of the cpu preset (names in BENCHMARKS.md, row 6a).
 CANDIDATES = {
@@ -42,26 +41,13 @@ CANDIDATES = {
     "batch4": {"batch_size": 4},
     "px384crop256": {"img_size": 384, "crop_size": 256},
     "geo_strong": {},  # the augmentation below, not a config value
-    "lovasz": {},  # the loss below, not a product option
+    "lovasz": {"loss": "lovasz_focal"},
     "aspp369": {},  # the architecture change below
     "scse213": {"steps": 213},  # scSE costs 1.55x a step: 330 / 1.55 steps take the base's time
 }
 # Candidates that change the augmentation pipeline rather than a config value (not product options).
 TRANSFORMS = {"geo_strong": dict(scale=(0.8, 1.2), translate_percent=(-0.08, 0.08), rotate=(-10, 10), shear=(-3, 3),
                                  p=0.7)}
-
-
-def lovasz_focal(config):
-    """Each image's Lovasz hinge (a convex surrogate of its IoU) + 0.6 x Focal."""
-    from segmentation_models_pytorch.losses import FocalLoss, LovaszLoss
-
-    lovasz = LovaszLoss(mode="binary", per_image=True)
-    focal = FocalLoss(mode="binary", gamma=config.focal_gamma)
-    return lambda logits, target: lovasz(logits, target) + config.focal_weight * focal(logits, target)
-
-
-# Candidates that change the loss to one the product does not offer.
-CRITERIA = {"lovasz": lovasz_focal}
 
 
 # Candidates that change an smp architecture's construction: {smp class name: keyword arguments}.
@@ -85,12 +71,6 @@ def use_architecture(changes: dict | None) -> None:
     for name, kwargs in (changes or {}).items():
         SMP_CLASSES.setdefault(name, getattr(smp, name))
         setattr(smp, name, functools.partial(SMP_CLASSES[name], **kwargs))
-
-
-def use_criterion(make_criterion) -> None:
-    """Train with ``make_criterion(config)`` from now on (None restores the preset's); patched in
-    `potholes.train`, whose `fit` builds the loss in this process."""
-    train.criterion = make_criterion or PRESET_CRITERION
 
 
 def use_affine(affine: dict | None) -> None:
@@ -145,7 +125,6 @@ def main() -> None:
         tracking.configure("recipes", project_root=tmp)
         for name in args.candidates:
             use_affine(TRANSFORMS.get(name))
-            use_criterion(CRITERIA.get(name))
             use_architecture(ARCHITECTURE_KWARGS.get(name))
             runs = [train_once(data, args.model, args.preset, args.steps, seed, CANDIDATES[name]) for seed in args.seeds]
             dice = [r["val_dice"] for r in runs]

@@ -60,7 +60,7 @@ def test_explicit_values_beat_the_preset():
     (dict(rounds=-2), "rounds must be a positive integer, got -2"),
     (dict(warmup=1.5), r"warmup must be a share of the steps in \[0, 1\), got 1.5"),
     (dict(ema=1.0), r"ema must be a decay in \[0, 1\)"),
-    (dict(loss="bce"), "loss must be one of \\['dice_focal', 'tversky_focal', 'image_dice_focal'\\], got 'bce'"),
+    (dict(loss="bce"), "loss must be one of \\['dice_focal', 'tversky_focal', 'image_dice_focal', 'lovasz_focal'\\], got 'bce'"),
     (dict(precision="bf8"), r"precision must be one of \['auto', 'fp32', 'bf16', 'fp16'\], got 'bf8'"),
     (dict(precision="fp16", cuda_available=False), "precision 'fp16' needs CUDA; use bf16 or fp32 on CPU"),
     (dict(img_size=100), "img_size must be a multiple of 32"),

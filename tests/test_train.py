@@ -92,6 +92,23 @@ def test_image_dice_loss_weighs_a_small_pothole_like_a_large_one():
     assert image_loss(logits, truth) == pytest.approx(per_image.item())
 
 
+
+def test_lovasz_loss_is_per_image_so_a_missed_small_pothole_counts():
+    from segmentation_models_pytorch.losses import LovaszLoss
+
+    truth = torch.zeros(2, 1, 32, 32)
+    truth[0, 0, :16] = 1  # a large pothole, predicted perfectly
+    truth[1, 0, 0, :2] = 1  # a small one, missed
+    logits = torch.where(truth > 0, 20.0, -20.0)
+    logits[1] = -20.0
+    loss = losses.criterion(resolve_config("unetpp", "smoke", focal_weight=0.0, loss="lovasz_focal"))(logits, truth)
+    perfect = losses.criterion(resolve_config("unetpp", "smoke", focal_weight=0.0, loss="lovasz_focal"))(
+        torch.where(truth > 0, 20.0, -20.0), truth)
+    pooled = LovaszLoss(mode="binary", per_image=False)(logits, truth)
+    assert perfect == pytest.approx(0.0, abs=1e-6)
+    assert loss == pytest.approx(LovaszLoss(mode="binary", per_image=True)(logits, truth).item())
+    assert loss > 10 * pooled  # pooled over the batch, 2 missed pixels of 514 barely count
+
 def interrupt_on_round(monkeypatch, round_: int, exc: BaseException):
     calls = {"n": 0}
     original = train_mod.train_round

@@ -104,9 +104,11 @@ def prepare(ctx: click.Context, data_dir: str, val_fraction: float, seed: int) -
 @click.option("--ema", type=PRESET_FLOAT, default=None,
               help="decay of an exponential moving average of the weights, which is then validated and kept; "
                    "0 = off  [default: the preset's]")
-@click.option("--loss", type=Maybe(str, "preset", ("dice_focal", "tversky_focal", "image_dice_focal")), default=None,
-              help="dice_focal (the seed's), tversky_focal (Tversky 0.3/0.7 + focal) or image_dice_focal (each "
-                   "image's soft Dice, averaged, + focal)  [default: the preset's]")
+@click.option("--loss", type=Maybe(str, "preset", ("dice_focal", "tversky_focal", "image_dice_focal", "lovasz_focal")),
+              default=None,
+              help="dice_focal (the seed's), tversky_focal (Tversky 0.3/0.7 + focal), image_dice_focal (each "
+                   "image's soft Dice, averaged, + focal) or lovasz_focal (each image's Lovasz hinge, an IoU "
+                   "surrogate, averaged, + focal)  [default: the preset's]")
 @click.option("--precision", type=Maybe(str, "preset", ("auto", "fp32", "bf16", "fp16")), default=None,
               help="of the training steps: auto (fp16 on CUDA, bf16 on CPUs with bfloat16 units, else fp32), "
                    "fp32, bf16, fp16 (CUDA); validation and saved models are fp32  [default: the preset's]")

@@ -27,7 +27,7 @@ LITE0_MEAN = (0.5, 0.5, 0.5)  # tf_efficientnet_lite0 was trained on (x - 127.5)
 LITE0_STD = (0.5, 0.5, 0.5)
 SIZE_MULTIPLE = 32  # both decoders need the input divisible by the encoder's output stride
 PRESETS = ("auto", "full", "cpu", "smoke")
-LOSSES = ("dice_focal", "tversky_focal", "image_dice_focal")
+LOSSES = ("dice_focal", "tversky_focal", "image_dice_focal", "lovasz_focal")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 

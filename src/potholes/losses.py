@@ -12,14 +12,18 @@ from potholes.config import TrainConfig
 
 def criterion(config: TrainConfig) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """Dice + 0.6 x Focal(gamma=2) on logits, as the seed; ``loss="tversky_focal"`` swaps Dice for
-    Tversky(alpha=0.3, beta=0.7), which weighs missed pothole pixels above false alarms, and
-    ``"image_dice_focal"`` for the soft Dice of each image, averaged."""
-    from segmentation_models_pytorch.losses import DiceLoss, FocalLoss, TverskyLoss
+    Tversky(alpha=0.3, beta=0.7), which weighs missed pothole pixels above false alarms,
+    ``"image_dice_focal"`` for the soft Dice of each image, averaged, and ``"lovasz_focal"`` for
+    each image's Lovasz hinge (a convex surrogate of that image's IoU, which Dice orders the same
+    way), averaged."""
+    from segmentation_models_pytorch.losses import DiceLoss, FocalLoss, LovaszLoss, TverskyLoss
 
     if config.loss == "tversky_focal":
         overlap = TverskyLoss(mode="binary", from_logits=True, alpha=0.3, beta=0.7)
     elif config.loss == "image_dice_focal":
         overlap = soft_dice_per_image_loss
+    elif config.loss == "lovasz_focal":
+        overlap = LovaszLoss(mode="binary", per_image=True, from_logits=True)
     else:
         overlap = DiceLoss(mode="binary", from_logits=True)
     focal = FocalLoss(mode="binary", gamma=config.focal_gamma)
