@@ -76,13 +76,18 @@ def test_dice_per_image_counts_empty_vs_empty_as_one():
     torch.testing.assert_close(losses.dice_per_image(pred, truth), torch.tensor([1.0, 2 * 4 / 12, 0.0]))
 
 
-def test_image_dice_loss_weighs_a_small_pothole_like_a_large_one():
-    # Two images: a large pothole predicted perfectly, a small one missed entirely.
+def large_hit_small_missed() -> tuple[torch.Tensor, torch.Tensor]:
+    """Two images: a large pothole predicted perfectly, a small one (2 pixels) missed entirely."""
     truth = torch.zeros(2, 1, 32, 32)
     truth[0, 0, :16] = 1
     truth[1, 0, 0, :2] = 1
     logits = torch.where(truth > 0, 20.0, -20.0)
     logits[1] = -20.0
+    return logits, truth
+
+
+def test_image_dice_loss_weighs_a_small_pothole_like_a_large_one():
+    logits, truth = large_hit_small_missed()
     per_image = losses.soft_dice_per_image_loss(logits, truth)
     assert per_image == pytest.approx(0.5 * (1 - 1 / 3), abs=1e-3)  # mean of ~0 and 1 - eps / (2 + eps)
     # smp's DiceLoss pools the batch, so the missed small pothole barely counts there.
@@ -92,22 +97,17 @@ def test_image_dice_loss_weighs_a_small_pothole_like_a_large_one():
     assert image_loss(logits, truth) == pytest.approx(per_image.item())
 
 
-
 def test_lovasz_loss_is_per_image_so_a_missed_small_pothole_counts():
     from segmentation_models_pytorch.losses import LovaszLoss
 
-    truth = torch.zeros(2, 1, 32, 32)
-    truth[0, 0, :16] = 1  # a large pothole, predicted perfectly
-    truth[1, 0, 0, :2] = 1  # a small one, missed
-    logits = torch.where(truth > 0, 20.0, -20.0)
-    logits[1] = -20.0
-    loss = losses.criterion(resolve_config("unetpp", "smoke", focal_weight=0.0, loss="lovasz_focal"))(logits, truth)
-    perfect = losses.criterion(resolve_config("unetpp", "smoke", focal_weight=0.0, loss="lovasz_focal"))(
-        torch.where(truth > 0, 20.0, -20.0), truth)
+    logits, truth = large_hit_small_missed()
+    lovasz = losses.criterion(resolve_config("unetpp", "smoke", focal_weight=0.0, loss="lovasz_focal"))
+    loss = lovasz(logits, truth)
     pooled = LovaszLoss(mode="binary", per_image=False)(logits, truth)
-    assert perfect == pytest.approx(0.0, abs=1e-6)
+    assert lovasz(torch.where(truth > 0, 20.0, -20.0), truth) == pytest.approx(0.0, abs=1e-6)  # a perfect prediction
     assert loss == pytest.approx(LovaszLoss(mode="binary", per_image=True)(logits, truth).item())
     assert loss > 10 * pooled  # pooled over the batch, 2 missed pixels of 514 barely count
+
 
 def interrupt_on_round(monkeypatch, round_: int, exc: BaseException):
     calls = {"n": 0}
