@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import dataset, parser, report
+from common import dataset, parser, pipeline_dice, report, stage_seconds
 
 from potholes.config import LITE0_MEAN, LITE0_STD
 from potholes.models import LITE2
@@ -95,12 +95,8 @@ def main() -> None:
             m = out["metrics"]
             rows.append({"row": "9 gpu", "variant": name, "preset": args.preset, "seed": args.seed,
                          "data": "real" if Path(data) == Path(args.data_dir) else "synthetic",
-                         **{k: m[k] for k in sorted(m) if k.endswith("_seconds")},
-                         "wall_seconds": out["wall_seconds"], "gpu_peak_gib": out["gpu_peak_gib"],
-                         "trained": out["trained"], "best_steps": out["best_steps"],
-                         "unetpp_val_dice": m["unetpp_val_dice"], "deeplab_val_dice": m["deeplab_val_dice"],
-                         "tuned_val_dice": m["tuned_val_dice"], "test_dice": m.get("test_dice"),
-                         **{k: m[k] for k in sorted(m) if k.startswith(("test_dice_", "test_images_"))}})
+                         **stage_seconds(m), "wall_seconds": out["wall_seconds"], "gpu_peak_gib": out["gpu_peak_gib"],
+                         "trained": out["trained"], "best_steps": out["best_steps"], **pipeline_dice(m)})
             report("gpu", rows, facts, args)  # after each variant: a run stopped later keeps this one
 
 

@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import REPO, dataset, parser, report
+from common import REPO, dataset, parser, pipeline_dice, report, stage_seconds
 
 
 def threshold_order_dice(data: Path, version: int) -> dict:
@@ -96,12 +96,8 @@ def main() -> None:
             out = run_pipeline(data, store, args.preset, args.n_trials, seed, args.reuse)
             m = out["metrics"]
             rows.append({"row": "6 quality", "seed": seed, "data": "real" if Path(data) == Path(args.data_dir) else "synthetic",
-                         "preset": args.preset, **{k: m[k] for k in sorted(m) if k.endswith("_seconds")},
-                         "wall_seconds": out["wall_seconds"], "unetpp_val_dice": m["unetpp_val_dice"],
-                         "deeplab_val_dice": m["deeplab_val_dice"], "tuned_val_dice": m["tuned_val_dice"],
-                         "test_dice": m.get("test_dice"),
-                         **{k: m[k] for k in sorted(m) if k.startswith(("test_dice_", "test_images_"))},
-                         **threshold_order_dice(Path(data), out["version"])})
+                         "preset": args.preset, **stage_seconds(m), "wall_seconds": out["wall_seconds"],
+                         **pipeline_dice(m), **threshold_order_dice(Path(data), out["version"])})
             mlflow.set_tracking_uri("")
     dice = [r["test_dice"] for r in rows if r["test_dice"] is not None]
     summary = {"test_dice_mean": statistics.mean(dice) if dice else None,

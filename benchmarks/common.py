@@ -113,6 +113,19 @@ def untrained_checkpoints(folder: Path, img_size: int) -> dict[str, Path]:
     return dirs
 
 
+def stage_seconds(metrics: dict) -> dict:
+    """A `main` parent run's time per stage (its ``*_seconds`` metrics), in name order."""
+    return {k: metrics[k] for k in sorted(metrics) if k.endswith("_seconds")}
+
+
+def pipeline_dice(metrics: dict) -> dict:
+    """A `main` parent run's Dice figures: each member's and the tuned validation Dice, the test
+    Dice (None without test masks) and its size buckets and percentiles."""
+    return {"unetpp_val_dice": metrics["unetpp_val_dice"], "deeplab_val_dice": metrics["deeplab_val_dice"],
+            "tuned_val_dice": metrics["tuned_val_dice"], "test_dice": metrics.get("test_dice"),
+            **{k: metrics[k] for k in sorted(metrics) if k.startswith(("test_dice_", "test_images_"))}}
+
+
 def report(name: str, rows: list[dict], extra: dict, args) -> None:
     """Print a table and write the JSON next to it."""
     keys = list(dict.fromkeys(k for row in rows for k in row))
