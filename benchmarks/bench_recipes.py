@@ -44,6 +44,8 @@ CANDIDATES = {
     "lovasz": {"loss": "lovasz_focal"},
     "aspp369": {},  # the architecture change below
     "scse220": {"steps": 220},  # scSE costs 1.55x a step: ~330 / 1.55 steps (whole rounds) take the base's time
+    "unfrozen": {"freeze_stride": 0},  # every encoder layer trained (the cpu preset until row 6d)
+    "frozen8": {"freeze_stride": 8},  # the cpu preset since row 6d; with --steps 410, the measured candidate
 }
 # Candidates that change the augmentation pipeline rather than a config value (not product options).
 TRANSFORMS = {"geo_strong": dict(scale=(0.8, 1.2), translate_percent=(-0.08, 0.08), rotate=(-10, 10), shear=(-3, 3),

@@ -35,8 +35,8 @@ def test_precision_auto_is_bf16_only_on_cpus_with_bfloat16_units(monkeypatch):
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
     plain = resolve_config("unetpp", "cpu", cuda_available=False)
     assert plain.precision == "fp32" and "without bfloat16 units" in plain.preset_reason
-    # fp32 UNet++ steps cost ~1.5x: a smaller budget keeps the pipeline's minutes
-    assert plain.steps == 220 and resolve_config("deeplab", "cpu", cuda_available=False).steps == 320
+    # fp32 UNet++ steps cost ~1.6x: a smaller budget keeps the pipeline's minutes
+    assert plain.steps == 290 and resolve_config("deeplab", "cpu", cuda_available=False).steps == 320
     assert resolve_config("unetpp", "cpu", cuda_available=False, steps=400).steps == 400
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
     amx = resolve_config("unetpp", "cpu", cuda_available=False)
@@ -45,6 +45,15 @@ def test_precision_auto_is_bf16_only_on_cpus_with_bfloat16_units(monkeypatch):
     assert resolve_config("unetpp", "cpu", precision="fp32").precision == "fp32"
     assert resolve_config("unetpp", "auto", cuda_available=True).precision == "fp16"
     assert resolve_config("unetpp", "smoke").precision == "fp32"
+
+
+def test_cpu_preset_freezes_pretrained_encoder_layers_only():
+    assert resolve_config("unetpp", "cpu").freeze_stride == 8
+    assert resolve_config("deeplab", "cpu").freeze_stride == 8
+    # random or non-timm encoders have nothing worth keeping: the preset's freeze falls away
+    assert resolve_config("unetpp", "cpu", encoder_weights="none").freeze_stride == 0
+    assert resolve_config("unetpp", "cpu", freeze_stride=0).freeze_stride == 0
+    assert resolve_config("unetpp", "full").freeze_stride == 0 and resolve_config("unetpp", "smoke").freeze_stride == 0
 
 
 def test_explicit_values_beat_the_preset():
@@ -69,6 +78,9 @@ def test_explicit_values_beat_the_preset():
     (dict(batch_size=-1), "batch_size"),
     (dict(encoder_weights="ssl"), "encoder_weights must be"),
     (dict(lr=0.0), "lr must be > 0"),
+    (dict(freeze_stride=3), r"freeze_stride must be one of \[0, 2, 4, 8, 16\] \(0 = train every encoder layer\), got 3"),
+    (dict(freeze_stride=8), "freeze_stride 8 keeps pretrained .* encoder_weights 'none' has none: use freeze_stride=0"),
+    (dict(preset="full", freeze_stride=8), "encoder 'efficientnet-b4' with encoder_weights 'imagenet' has none"),
 ])
 def test_invalid_values_name_the_parameter(kwargs, message):
     model = kwargs.pop("model", "unetpp")

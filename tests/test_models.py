@@ -7,7 +7,8 @@ import torch
 
 from conftest import REPO
 from potholes import augment
-from potholes.models import WeightsUnavailable, build_model, lite_timm_state_dict, load_checkpoint, save_checkpoint
+from potholes.models import (WeightsUnavailable, build_model, freeze_encoder, lite_timm_state_dict, load_checkpoint,
+                             save_checkpoint)
 
 REFERENCE = glob.glob(str(REPO.parent / "shared" / "weights" / "hf_cache" / "models--timm--tf_efficientnet_lite0.in1k"
                           / "snapshots" / "*" / "model.safetensors"))
@@ -35,6 +36,22 @@ def test_unavailable_weights_fail_with_instructions(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(WeightsUnavailable, match="preset=cpu"):
         build_model("unetpp", "resnet18", "imagenet")
+
+
+@pytest.mark.parametrize("arch", ["unetpp", "deeplab"])
+def test_freeze_encoder_stops_gradients_up_to_the_stride(arch):
+    model = build_model(arch, "tu-tf_efficientnet_lite0", None)
+    frozen = freeze_encoder(model, 8)
+    # Lite0 reaches stride 8 after its stem and stages 0-2 (blocks.2 outputs the 40-channel map)
+    names = [n for n, p in model.encoder.model.named_parameters() if not p.requires_grad]
+    assert {n.split(".")[0] + ("." + n.split(".")[1] if n.startswith("blocks") else "") for n in names} == \
+        {"conv_stem", "bn1", "blocks.0", "blocks.1", "blocks.2"}
+    assert frozen == sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    model.train()(torch.randn(2, 3, 64, 64)).mean().backward()
+    for name, param in model.named_parameters():  # backward stops at the first trainable layer
+        assert (param.grad is not None) == param.requires_grad, name
+    with pytest.raises(ValueError, match="freeze_stride 3: the encoder has no timm feature at that stride"):
+        freeze_encoder(model, 3)
 
 
 def test_checkpoint_round_trip(tmp_path):

@@ -123,6 +123,9 @@ def prepare(ctx: click.Context, data_dir: str, val_fraction: float, seed: int) -
               help="smp encoder name, e.g. tu-tf_efficientnet_lite0, resnet101  [default: the preset's]")
 @click.option("--encoder-weights", type=Maybe(str, "preset", ("imagenet", "none")), default=None,
               help="imagenet (pretrained) or none (random init)  [default: the preset's]")
+@click.option("--freeze-stride", type=PRESET_INT, default=None,
+              help="keep the pretrained encoder's layers up to this output stride as they are (no gradients: "
+                   "cheaper steps): 0 (train every layer), 2, 4, 8 or 16  [default: the preset's]")
 @click.option("--num-workers", type=PRESET_INT, default=None,
               help="DataLoader worker processes; results do not depend on it  [default: the preset's]")
 @click.option("--seed", type=Maybe(int, "default"), default=None, help="training seed  [default: 42]")

@@ -29,14 +29,16 @@ SIZE_MULTIPLE = 32  # both decoders need the input divisible by the encoder's ou
 PRESETS = ("auto", "full", "cpu", "smoke")
 LOSSES = ("dice_focal", "tversky_focal", "image_dice_focal", "lovasz_focal")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+FREEZE_STRIDES = (0, 2, 4, 8, 16)
 
 
 # The cpu preset's budgets, by the precision its steps run in. Step costs measured on 2 cores
-# (BENCHMARKS.md, rows 6b and 6c): each budget is ~7 minutes there, and with decoding, validation,
+# (BENCHMARKS.md, rows 6b to 6d): each budget is ~5-7 minutes there, and with decoding, validation,
 # tune and predict the whole pipeline stays under 20 minutes from 50 to 2,000 training images,
-# since a step costs the same whatever the dataset's size. bf16 makes a UNet++ step ~1.5x faster
-# and a DeepLabV3+ step no faster.
-CPU_STEPS = {"unetpp": {"bf16": 330, "fp32": 220}, "deeplab": {"bf16": 320, "fp32": 320}}
+# since a step costs the same whatever the dataset's size. With the encoder frozen up to stride 8
+# a UNet++ step costs ~0.95 s in bf16 and ~1.5 s in fp32 (so fp32 gets fewer steps for about the
+# minutes that 330 unfrozen bf16 steps took), a DeepLabV3+ step ~1.0 s in either.
+CPU_STEPS = {"unetpp": {"bf16": 330, "fp32": 290}, "deeplab": {"bf16": 320, "fp32": 320}}
 
 
 class ConfigError(ValueError):
@@ -49,6 +51,7 @@ class TrainConfig:
     preset: str = "cpu"
     encoder: str = LITE0
     encoder_weights: str = "imagenet"
+    freeze_stride: int = 0  # encoder layers up to this output stride keep their pretrained weights (0 = train all)
     img_size: int = 320
     crop_size: int = 0  # train on random crops of this size (0 = whole images); validation and inference see img_size
     batch_size: int = 8
@@ -96,7 +99,8 @@ def _preset_values(preset: str, model: str) -> dict:
     if preset == "cpu":
         return dict(encoder=LITE0, encoder_weights="imagenet", img_size=256, batch_size=8,
                     steps=CPU_STEPS[model]["bf16"], rounds=10, lr=1e-3, weight_decay=1e-4,
-                    mean=LITE0_MEAN, std=LITE0_STD, num_workers=1, precision="auto", loss="image_dice_focal")
+                    mean=LITE0_MEAN, std=LITE0_STD, num_workers=1, precision="auto", loss="image_dice_focal",
+                    freeze_stride=8)
     if preset == "smoke":
         return dict(encoder=LITE0, encoder_weights="none", img_size=64, batch_size=4, steps=16, rounds=2,
                     lr=1e-3, weight_decay=1e-4, mean=LITE0_MEAN, std=LITE0_STD, num_workers=0)
@@ -149,9 +153,15 @@ def resolve_config(model: str, preset: str = "auto", cuda_available: bool | None
             reason = f"{reason}; {why}"
     if preset == "cpu" and "steps" not in explicit and values["precision"] in CPU_STEPS[model]:
         values["steps"] = CPU_STEPS[model][values["precision"]]  # the same minutes whatever the CPU
+    if "freeze_stride" not in explicit and not _pretrained_timm(values["encoder"], values["encoder_weights"]):
+        values["freeze_stride"] = 0  # the preset's frozen layers only make sense pretrained
     config = TrainConfig(model=model, preset=preset, preset_reason=reason, **values)
     validate(config)
     return config
+
+
+def _pretrained_timm(encoder: str, encoder_weights: str) -> bool:
+    return encoder.startswith("tu-") and encoder_weights == "imagenet"
 
 
 def validate(config: TrainConfig) -> None:
@@ -185,6 +195,13 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"weight_decay must be >= 0, got {config.weight_decay}")
     if config.encoder_weights not in ("imagenet", "none"):
         raise ConfigError(f"encoder_weights must be 'imagenet' or 'none', got '{config.encoder_weights}'")
+    if config.freeze_stride not in FREEZE_STRIDES:
+        raise ConfigError(f"freeze_stride must be one of {list(FREEZE_STRIDES)} (0 = train every encoder layer), "
+                          f"got {config.freeze_stride}")
+    if config.freeze_stride and not _pretrained_timm(config.encoder, config.encoder_weights):
+        raise ConfigError(f"freeze_stride {config.freeze_stride} keeps pretrained timm ('tu-') encoder layers as they "
+                          f"are; encoder '{config.encoder}' with encoder_weights '{config.encoder_weights}' has none: "
+                          "use freeze_stride=0")
     if config.num_workers < 0:
         raise ConfigError(f"num_workers must be >= 0, got {config.num_workers}")
     if config.world_size < 1:

@@ -15,8 +15,8 @@ from potholes import tracking
 from potholes.config import TrainConfig
 
 MODEL_TAG = "potholes.logged_model_id"
-MUST_MATCH = ("model", "encoder", "img_size", "crop_size", "steps", "epochs", "rounds", "warmup", "ema", "loss",
-              "precision", "seed", "batch_size", "world_size")
+MUST_MATCH = ("model", "encoder", "freeze_stride", "img_size", "crop_size", "steps", "epochs", "rounds", "warmup", "ema",
+              "loss", "precision", "seed", "batch_size", "world_size")
 
 
 @dataclass

@@ -21,7 +21,7 @@ from potholes import augment, distributed
 from potholes.budget import Plan, plan_training, warmup_cosine
 from potholes.config import TrainConfig
 from potholes.losses import criterion, dice_per_image
-from potholes.models import build_model
+from potholes.models import build_model, freeze_encoder
 from potholes.training_data import SegmentationDataset, load_split, make_loader, seed_everything
 
 
@@ -131,6 +131,8 @@ class TrainState:
 def init_state(config: TrainConfig, plan: Plan, device) -> TrainState:
     seed_everything(config.seed)
     model = build_model(config.model, config.encoder, config.encoder_weights)
+    if config.freeze_stride:
+        freeze_encoder(model, config.freeze_stride)
     model = model.to(device).to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     ema = None
