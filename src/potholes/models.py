@@ -106,9 +106,9 @@ def freeze_encoder(model: torch.nn.Module, stride: int) -> int:
     end there) at their pretrained weights; returns how many parameters were frozen.
 
     Backward then stops before them: these are the high-resolution layers, the costliest part of
-    a CPU step for their few weights (Lite0 at 256 px: stride 8 freezes 2 % of the weights and
-    saves ~20 % of a step), and ImageNet's edge and texture filters need little retraining on a
-    few hundred road photos. Their BatchNorm statistics still follow the training batches.
+    a CPU step for their few weights (Lite0 at 256 px: stride 8 freezes 2 % of the encoder's
+    weights and makes a step 1.3-1.4x cheaper, BENCHMARKS.md row 6d), and ImageNet's edge and
+    texture filters need little retraining on a few hundred road photos. Their BatchNorm statistics still follow the training batches.
     Relies on timm registering a CNN's modules in forward order (conv_stem, bn1, blocks.0, ...).
     """
     info = getattr(getattr(model.encoder, "model", None), "feature_info", None)
