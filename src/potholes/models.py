@@ -100,7 +100,6 @@ def build_model(arch: str, encoder: str, encoder_weights: str | None = None) -> 
     return model
 
 
-
 def freeze_encoder(model: torch.nn.Module, stride: int) -> int:
     """Keep a timm encoder's layers up to output stride ``stride`` (the stem and the stages that
     end there) at their pretrained weights; returns how many parameters were frozen.
@@ -108,8 +107,9 @@ def freeze_encoder(model: torch.nn.Module, stride: int) -> int:
     Backward then stops before them: these are the high-resolution layers, the costliest part of
     a CPU step for their few weights (Lite0 at 256 px: stride 8 freezes 2 % of the encoder's
     weights and makes a step 1.3-1.4x cheaper, BENCHMARKS.md row 6d), and ImageNet's edge and
-    texture filters need little retraining on a few hundred road photos. Their BatchNorm statistics still follow the training batches.
-    Relies on timm registering a CNN's modules in forward order (conv_stem, bn1, blocks.0, ...).
+    texture filters need little retraining on a few hundred road photos. Their BatchNorm
+    statistics still follow the training batches. Relies on timm registering a CNN's modules in
+    forward order (conv_stem, bn1, blocks.0, ...).
     """
     info = getattr(getattr(model.encoder, "model", None), "feature_info", None)
     if info is None or stride not in info.reduction():
@@ -124,6 +124,7 @@ def freeze_encoder(model: torch.nn.Module, stride: int) -> int:
         param.requires_grad_(False)
         frozen += param.numel()
     return frozen
+
 
 def save_checkpoint(state_dict: dict[str, torch.Tensor], model_config: dict, folder: str | Path) -> Path:
     """Write a model's ``state_dict()`` and its config as a checkpoint folder."""
