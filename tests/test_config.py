@@ -35,7 +35,7 @@ def test_precision_auto_is_bf16_only_on_cpus_with_bfloat16_units(monkeypatch):
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
     plain = resolve_config("unetpp", "cpu", cuda_available=False)
     assert plain.precision == "fp32" and "without bfloat16 units" in plain.preset_reason
-    # fp32 UNet++ steps cost ~1.6x: a smaller budget keeps the pipeline's minutes
+    # fp32 UNet++ steps cost ~1.75x (frozen encoder, BENCHMARKS.md row 6d): a smaller budget keeps the minutes
     assert plain.steps == 290 and resolve_config("deeplab", "cpu", cuda_available=False).steps == 320
     assert resolve_config("unetpp", "cpu", cuda_available=False, steps=400).steps == 400
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
