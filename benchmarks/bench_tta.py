@@ -7,12 +7,17 @@ for each TTA variant. The product's TTA is the horizontal flip at the training s
 ("h@256"); the variants add the vertical flip (4 views) and other input scales, whose logits are
 resized to the model size and averaged.
 
+With two or more stores (pipelines of different seeds on the same split), it also asks whether
+more ensemble members would pay: every combination of the stores' members (product TTA, equal
+weights, best threshold of the grid) against the pairs the product trains.
+
     python benchmarks/bench_quality.py --seeds 1 2 --keep /tmp/quality
     python benchmarks/bench_tta.py --stores /tmp/quality/seed1 /tmp/quality/seed2
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import statistics
 import tempfile
@@ -62,8 +67,9 @@ def best_blend(logits: dict, masks: np.ndarray, min_area: int) -> tuple[float, f
     return dice, float(w), t
 
 
-def store_rows(store: Path, data: Path) -> list[dict]:
-    """Every variant's best validation blend for the members of one store."""
+def store_rows(store: Path, data: Path) -> tuple[list[dict], dict, np.ndarray]:
+    """Every variant's best validation blend for the members of one store, and the members'
+    product-TTA logits with the validation masks (for `member_rows`)."""
     import mlflow
     import torch
 
@@ -99,6 +105,25 @@ def store_rows(store: Path, data: Path) -> list[dict]:
         dice, w, t = best_blend(logits, masks, min_area)
         rows.append({"store": store.name, "variant": variant, "views": sum(len(FLIPS[f]) for _, f in parts),
                      "val_dice": dice, "w_unetpp": w, "threshold": t})
+    ours = {name: cache[name, 1.0, "h"] for name in members}
+    return rows, {"min_area": min_area, **ours}, masks
+
+
+def member_rows(pools: dict[str, dict], masks: np.ndarray) -> list[dict]:
+    """Equal-weight blends of every combination of members across stores (same validation split),
+    at the best threshold of the grid: does a third or fourth member pay over the product's pair?"""
+    from potholes import postprocess as pp
+
+    min_area = min(pool["min_area"] for pool in pools.values())
+    logits = {f"{name}@{store}": pool[name] for store, pool in pools.items() for name in ("unetpp", "deeplab")}
+    rows = []
+    for k in range(1, len(logits) + 1):
+        for combo in itertools.combinations(sorted(logits), k):
+            blend = np.mean([logits[c] for c in combo], axis=0)
+            dice, t = max((pp.mean_dice(blend, masks, float(np.log(t / (1 - t))), min_area), t) for t in (0.3, 0.35, 0.4, 0.45))
+            product_pair = k == 2 and len({c.split("@")[1] for c in combo}) == 1
+            rows.append({"members": " + ".join(combo), "n_members": k, "product_pair": product_pair,
+                         "val_dice": dice, "threshold": t})
     return rows
 
 
@@ -123,14 +148,26 @@ def main() -> None:
             stores = [store]
         if not stores:
             p.error("--stores is required (the folders bench_quality.py --keep leaves), or --quick")
-        rows = [row for store in stores for row in store_rows(store, data)]
+        per_store = {store.name: store_rows(store, data) for store in stores}
+        rows = [row for variant_rows, _, _ in per_store.values() for row in variant_rows]
+        masks = next(iter(per_store.values()))[2]
+        members = member_rows({name: pool for name, (_, pool, _) in per_store.items()}, masks)
     ours = {r["store"]: r["val_dice"] for r in rows if r["variant"].endswith("(ours)")}
     for row in rows:
         row["vs_ours"] = row["val_dice"] - ours[row["store"]]
     means = {v: statistics.mean(r["vs_ours"] for r in rows if r["variant"] == v) for v in VARIANTS}
     print("\nmean change against ours: " + ", ".join(f"{v} {d:+.4f}" for v, d in means.items()))
+    by_size = {k: statistics.mean(r["val_dice"] for r in members if r["n_members"] == k)
+               for k in sorted({r["n_members"] for r in members})}
+    pairs = [r["val_dice"] for r in members if r["product_pair"]]
+    print("\nmembers (equal weights, product TTA), val Dice:")
+    for r in members:
+        print(f"  {r['val_dice']:.4f} @ {r['threshold']}  {r['members']}{'  (a product pair)' if r['product_pair'] else ''}")
+    print("mean val Dice by ensemble size: " + ", ".join(f"{k}: {d:.4f}" for k, d in by_size.items())
+          + f"; the product's pairs {statistics.mean(pairs):.4f}\n")
     report("tta", rows, {"judged_on": "validation split, best blend on a weight x threshold grid",
-                         "mean_vs_ours": means}, args)
+                         "mean_vs_ours": means, "members": members, "mean_val_dice_by_members": by_size,
+                         "mean_val_dice_product_pairs": statistics.mean(pairs)}, args)
 
 
 if __name__ == "__main__":

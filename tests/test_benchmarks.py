@@ -24,7 +24,8 @@ SCRIPTS = {
                            and all(row[f"{p}_freeze{f}_s_per_step"] > 0 for row in r["rows"]
                                    for p in ("fp32", "bf16") for f in (0, 8))),
     "bench_tta.py": ("tta", lambda r: len(r["rows"]) == 6 and all(0 <= row["val_dice"] <= 1 for row in r["rows"])
-                     and r["rows"][0]["vs_ours"] == 0),
+                     and r["rows"][0]["vs_ours"] == 0
+                     and [m["n_members"] for m in r["members"]] == [1, 1, 2] and r["members"][2]["product_pair"]),
     "bench_gpu.py": ("gpu", lambda r: r["rows"][0]["variant"] == "full_lite2" and 0 <= r["rows"][0]["test_dice"] <= 1
                      and all(t["encoder"] == "tu-tf_efficientnet_lite2" and t["img_size"] == "64"
                              for t in r["rows"][0]["trained"].values())),
