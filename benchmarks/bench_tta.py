@@ -120,7 +120,8 @@ def member_rows(pools: dict[str, dict], masks: np.ndarray) -> list[dict]:
     for k in range(1, len(logits) + 1):
         for combo in itertools.combinations(sorted(logits), k):
             blend = np.mean([logits[c] for c in combo], axis=0)
-            dice, t = max((pp.mean_dice(blend, masks, float(np.log(t / (1 - t))), min_area), t) for t in (0.3, 0.35, 0.4, 0.45))
+            dice, t = max((pp.mean_dice(blend, masks, float(np.log(t / (1 - t))), min_area), t)
+                          for t in (0.3, 0.35, 0.4, 0.45))
             product_pair = k == 2 and len({c.split("@")[1] for c in combo}) == 1
             rows.append({"members": " + ".join(combo), "n_members": k, "product_pair": product_pair,
                          "val_dice": dice, "threshold": t})
@@ -162,7 +163,8 @@ def main() -> None:
     pairs = [r["val_dice"] for r in members if r["product_pair"]]
     print("\nmembers (equal weights, product TTA), val Dice:")
     for r in members:
-        print(f"  {r['val_dice']:.4f} @ {r['threshold']}  {r['members']}{'  (a product pair)' if r['product_pair'] else ''}")
+        pair = "  (a product pair)" if r["product_pair"] else ""
+        print(f"  {r['val_dice']:.4f} @ {r['threshold']}  {r['members']}{pair}")
     print("mean val Dice by ensemble size: " + ", ".join(f"{k}: {d:.4f}" for k, d in by_size.items())
           + f"; the product's pairs {statistics.mean(pairs):.4f}\n")
     report("tta", rows, {"judged_on": "validation split, best blend on a weight x threshold grid",

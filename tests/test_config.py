@@ -22,6 +22,20 @@ def test_cpu_preset_uses_offline_lite0_with_its_normalisation():
     assert c.loss == "image_dice_focal" and resolve_config("unetpp", "full").loss == "dice_focal"
 
 
+def test_an_encoder_override_brings_its_own_normalisation():
+    # Lite weights on the GPU recipe (BENCHMARKS.md row 9, full_lite2) must see (x - 0.5) / 0.5 as
+    # they were trained, not the preset encoder's ImageNet mean / std; and the other way round
+    lite2 = resolve_config("unetpp", "full", cuda_available=True, encoder="tu-tf_efficientnet_lite2")
+    assert (lite2.mean, lite2.std) == (LITE0_MEAN, (0.5, 0.5, 0.5))
+    resnet = resolve_config("unetpp", "cpu", cuda_available=False, encoder="resnet34", freeze_stride=0)
+    assert (resnet.mean, resnet.std) == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    timm_resnet = resolve_config("unetpp", "cpu", cuda_available=False, encoder="tu-resnet34")
+    assert timm_resnet.mean == (0.485, 0.456, 0.406)
+    # an explicit mean / std wins
+    own = resolve_config("unetpp", "cpu", cuda_available=False, encoder="resnet34", mean=(0.5, 0.5, 0.5))
+    assert own.mean == (0.5, 0.5, 0.5)
+
+
 def test_auto_follows_cuda_and_says_why():
     assert resolve_config("unetpp", "auto", cuda_available=True).preset == "full"
     cpu = resolve_config("unetpp", "auto", cuda_available=False)

@@ -155,11 +155,26 @@ def resolve_config(model: str, preset: str = "auto", cuda_available: bool | None
             reason = f"{reason}; {why}"
     if preset == "cpu" and "steps" not in explicit and values["precision"] in CPU_STEPS[model]:
         values["steps"] = CPU_STEPS[model][values["precision"]]  # the same minutes whatever the CPU
+    if "encoder" in explicit and not {"mean", "std"} & explicit.keys():
+        values["mean"], values["std"] = encoder_normalization(values["encoder"])  # not the preset encoder's
     if "freeze_stride" not in explicit and not _pretrained_timm(values["encoder"], values["encoder_weights"]):
         values["freeze_stride"] = 0  # the preset's frozen layers only make sense pretrained
     config = TrainConfig(model=model, preset=preset, preset_reason=reason, **values)
     validate(config)
     return config
+
+
+def encoder_normalization(encoder: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The mean and std the encoder's ImageNet weights were trained with: timm's pretrained config
+    for a `tu-` encoder (read from timm itself, no network; the Lite encoders use 0.5 / 0.5), else
+    ImageNet's, which smp's own encoders use (smp reads theirs from the hub)."""
+    if encoder.startswith("tu-"):
+        import timm
+
+        cfg = timm.models.get_pretrained_cfg(encoder[3:])
+        if cfg is not None:
+            return tuple(cfg.mean), tuple(cfg.std)
+    return IMAGENET_MEAN, IMAGENET_STD
 
 
 def _pretrained_timm(encoder: str, encoder_weights: str) -> bool:
