@@ -97,15 +97,14 @@ def _preset_values(preset: str, model: str) -> dict:
         encoder = "efficientnet-b4" if model == "unetpp" else "resnet101"
         return dict(encoder=encoder, encoder_weights="imagenet", img_size=512, batch_size=4,
                     steps=1400 if model == "unetpp" else 1000, rounds=20, lr=1e-4, weight_decay=1e-4,
-                    mean=IMAGENET_MEAN, std=IMAGENET_STD, num_workers=4, precision="auto")
+                    num_workers=4, precision="auto")
     if preset == "cpu":
         return dict(encoder=LITE0, encoder_weights="imagenet", img_size=256, batch_size=8,
                     steps=CPU_STEPS[model]["bf16"], rounds=10, lr=1e-3, weight_decay=1e-4,
-                    mean=LITE0_MEAN, std=LITE0_STD, num_workers=1, precision="auto", loss="image_dice_focal",
-                    freeze_stride=8)
+                    num_workers=1, precision="auto", loss="image_dice_focal", freeze_stride=8)
     if preset == "smoke":
         return dict(encoder=LITE0, encoder_weights="none", img_size=64, batch_size=4, steps=16, rounds=2,
-                    lr=1e-3, weight_decay=1e-4, mean=LITE0_MEAN, std=LITE0_STD, num_workers=0)
+                    lr=1e-3, weight_decay=1e-4, num_workers=0)
     raise ConfigError(f"preset must be one of {list(PRESETS)}, got '{preset}'")
 
 
@@ -155,8 +154,9 @@ def resolve_config(model: str, preset: str = "auto", cuda_available: bool | None
             reason = f"{reason}; {why}"
     if preset == "cpu" and "steps" not in explicit and values["precision"] in CPU_STEPS[model]:
         values["steps"] = CPU_STEPS[model][values["precision"]]  # the same minutes whatever the CPU
-    if "encoder" in explicit and not {"mean", "std"} & explicit.keys():
-        values["mean"], values["std"] = encoder_normalization(values["encoder"])  # not the preset encoder's
+    mean, std = encoder_normalization(values["encoder"])  # the input the encoder was trained on
+    values.setdefault("mean", mean)  # an explicit mean / std wins
+    values.setdefault("std", std)
     if "freeze_stride" not in explicit and not _pretrained_timm(values["encoder"], values["encoder_weights"]):
         values["freeze_stride"] = 0  # the preset's frozen layers only make sense pretrained
     config = TrainConfig(model=model, preset=preset, preset_reason=reason, **values)
