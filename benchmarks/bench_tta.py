@@ -27,6 +27,7 @@ import numpy as np
 
 from common import dataset, parser, report
 
+THRESHOLDS = (0.3, 0.35, 0.4, 0.45)  # tune's default range, in steps
 FLIPS = {"h": ([], [3]), "hv": ([], [3], [2], [2, 3])}  # flip dims of each view, NCHW
 # name -> [(input scale as a share of the model size, flips)]
 VARIANTS = {
@@ -62,14 +63,14 @@ def best_blend(logits: dict, masks: np.ndarray, min_area: int) -> tuple[float, f
     from potholes.tune import score  # a tune trial's score: blend, threshold, clean, mean Dice
 
     scores = {(w, t): score(logits, masks, float(w), t, min_area)
-              for w in np.round(np.arange(0.2, 0.81, 0.1), 1) for t in (0.3, 0.35, 0.4, 0.45)}
+              for w in np.round(np.arange(0.2, 0.81, 0.1), 1) for t in THRESHOLDS}
     (w, t), dice = max(scores.items(), key=lambda kv: kv[1])
     return dice, float(w), t
 
 
-def store_rows(store: Path, data: Path) -> tuple[list[dict], dict, np.ndarray]:
-    """Every variant's best validation blend for the members of one store, and the members'
-    product-TTA logits with the validation masks (for `member_rows`)."""
+def store_rows(store: Path, data: Path) -> tuple[list[dict], dict, np.ndarray, int]:
+    """Every variant's best validation blend for the members of one store; also the members'
+    product-TTA logits, the validation masks and the min-area (for `member_rows`)."""
     import mlflow
     import torch
 
@@ -105,23 +106,21 @@ def store_rows(store: Path, data: Path) -> tuple[list[dict], dict, np.ndarray]:
         dice, w, t = best_blend(logits, masks, min_area)
         rows.append({"store": store.name, "variant": variant, "views": sum(len(FLIPS[f]) for _, f in parts),
                      "val_dice": dice, "w_unetpp": w, "threshold": t})
-    ours = {name: cache[name, 1.0, "h"] for name in members}
-    return rows, {"min_area": min_area, **ours}, masks
+    return rows, {name: cache[name, 1.0, "h"] for name in members}, masks, min_area
 
 
-def member_rows(pools: dict[str, dict], masks: np.ndarray) -> list[dict]:
+def member_rows(pools: dict[str, dict], masks: np.ndarray, min_area: int) -> list[dict]:
     """Equal-weight blends of every combination of members across stores (same validation split),
     at the best threshold of the grid: does a third or fourth member pay over the product's pair?"""
     from potholes import postprocess as pp
 
-    min_area = min(pool["min_area"] for pool in pools.values())
-    logits = {f"{name}@{store}": pool[name] for store, pool in pools.items() for name in ("unetpp", "deeplab")}
+    logits = {f"{name}@{store}": pool[name] for store, pool in pools.items() for name in pool}
     rows = []
     for k in range(1, len(logits) + 1):
         for combo in itertools.combinations(sorted(logits), k):
             blend = np.mean([logits[c] for c in combo], axis=0)
             dice, t = max((pp.mean_dice(blend, masks, float(np.log(t / (1 - t))), min_area), t)
-                          for t in (0.3, 0.35, 0.4, 0.45))
+                          for t in THRESHOLDS)
             product_pair = k == 2 and len({c.split("@")[1] for c in combo}) == 1
             rows.append({"members": " + ".join(combo), "n_members": k, "product_pair": product_pair,
                          "val_dice": dice, "threshold": t})
@@ -150,9 +149,9 @@ def main() -> None:
         if not stores:
             p.error("--stores is required (the folders bench_quality.py --keep leaves), or --quick")
         per_store = {store.name: store_rows(store, data) for store in stores}
-        rows = [row for variant_rows, _, _ in per_store.values() for row in variant_rows]
-        masks = next(iter(per_store.values()))[2]
-        members = member_rows({name: pool for name, (_, pool, _) in per_store.items()}, masks)
+        rows = [row for variant_rows, *_ in per_store.values() for row in variant_rows]
+        _, _, masks, min_area = next(iter(per_store.values()))  # the same split and data in every store
+        members = member_rows({name: pool for name, (_, pool, _, _) in per_store.items()}, masks, min_area)
     ours = {r["store"]: r["val_dice"] for r in rows if r["variant"].endswith("(ours)")}
     for row in rows:
         row["vs_ours"] = row["val_dice"] - ours[row["store"]]
