@@ -1,7 +1,14 @@
-"""Reading image and mask files: RGB uint8 images, binary masks, and what makes a file unreadable."""
+"""Reading image and mask files: RGB uint8 images, binary masks, and what makes a file unreadable.
+
+Every file is decoded in its display orientation: OpenCV's ``IMREAD_UNCHANGED`` ignores the EXIF
+orientation tag that phone cameras write instead of rotating the pixels, so the tag is read
+(Pillow, header only) and applied here, once, for images and masks alike. A mask is therefore
+taken as drawn on the displayed photo, and every stage, runtime and the server see the same pixels.
+"""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import cv2
@@ -31,10 +38,44 @@ def _to_uint8(array: np.ndarray) -> np.ndarray:
     return np.clip(array, 0, 255).astype(np.uint8)
 
 
-def decode_image(data: bytes | np.ndarray, name: str = "image") -> np.ndarray:
-    """Decode encoded image bytes to RGB uint8 (grayscale, RGBA and 16-bit handled)."""
-    buffer = np.frombuffer(data, np.uint8) if isinstance(data, (bytes, bytearray)) else data
+EXIF_ORIENTATION = 0x0112
+
+
+def exif_orientation(data: bytes) -> int:
+    """The EXIF orientation (1-8) of an encoded image; 1 (as stored) when it has none."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            value = int(image.getexif().get(EXIF_ORIENTATION, 1))
+    except Exception:  # not an image for Pillow, or a broken EXIF block: OpenCV decides below
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def apply_orientation(array: np.ndarray, orientation: int) -> np.ndarray:
+    """Turn stored pixels into the displayed image, as viewers do for EXIF orientation 2-8
+    (the same transposes as Pillow's ``ImageOps.exif_transpose``)."""
+    if orientation in (5, 6, 7, 8):
+        array = array.swapaxes(0, 1)  # transpose first: 5 = transpose, then 6/7/8 flip it
+    if orientation in (2, 3, 6, 7):
+        array = array[:, ::-1]
+    if orientation in (3, 4, 7, 8):
+        array = array[::-1]
+    return np.ascontiguousarray(array)
+
+
+def _decode(data: bytes | np.ndarray) -> np.ndarray | None:
+    raw = bytes(data) if not isinstance(data, (bytes, bytearray)) else data
+    buffer = np.frombuffer(raw, np.uint8)
     array = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED) if buffer.size else None
+    return None if array is None else apply_orientation(array, exif_orientation(raw))
+
+
+def decode_image(data: bytes | np.ndarray, name: str = "image") -> np.ndarray:
+    """Decode encoded image bytes to RGB uint8 in display orientation (EXIF applied; grayscale,
+    RGBA and 16-bit handled)."""
+    array = _decode(data)
     if array is None:
         raise UnreadableImage(name, "is not a readable JPEG/PNG image (corrupt or wrong format)")
     array = _to_uint8(array)
@@ -78,7 +119,10 @@ def binarize_mask(raw: np.ndarray) -> np.ndarray:
 
 
 def read_raw_mask(path: Path) -> np.ndarray:
-    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    try:
+        raw = _decode(Path(path).read_bytes())
+    except OSError:
+        raw = None
     if raw is None:
         raise UnreadableImage(str(path), "is not a readable mask image (corrupt or wrong format)")
     if raw.ndim == 3 and raw.shape[2] == 4:
