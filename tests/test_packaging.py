@@ -18,7 +18,9 @@ def test_conda_yaml_mirrors_the_pinned_dependencies():
     assert python == ["python=3.11"]
     assert sorted(pip_section) == sorted(pins + scale)  # the MLproject env runs the scale engines too
     assert all("==" in pin for pin in pins + scale), "every runtime and scale dependency is pinned exactly"
-    assert {p.split("[")[0].split("=")[0] for p in scale} >= {"pyspark", "psycopg"}
+    assert {p.split("[")[0].split("=")[0] for p in scale} == {"pyspark", "psycopg"}
+    dev = {p.split("=")[0] for p in project["optional-dependencies"]["dev"]}
+    assert not dev & {p.split("[")[0].split("=")[0] for p in pip_section}, "test-only packages stay out of conda.yaml"
 
 
 def test_scale_extra_stays_out_of_the_registered_models_requirements():
@@ -26,6 +28,30 @@ def test_scale_extra_stays_out_of_the_registered_models_requirements():
 
     requirements = pinned_requirements()
     assert requirements and not any(r.startswith(("pyspark", "psycopg", "pgserver")) for r in requirements)
+
+
+def test_the_registered_models_pins_come_from_pyproject_without_an_installed_distribution(monkeypatch):
+    """`mlflow run` in an environment MLflow builds (conda, uv) runs src/ without installing the
+    package: the pins must not depend on the distribution's metadata (tests/test_fresh_machine.py
+    runs that environment for real)."""
+    import importlib.metadata
+
+    from potholes.registry import pinned_requirements
+
+    def not_installed(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "requires", not_installed)
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert pinned_requirements() == project["dependencies"]
+
+
+def test_mlproject_placeholders_are_not_quoted_by_hand():
+    """MLflow shell-quotes every parameter; a hand-written quote around it splits a value with a space."""
+    import re
+
+    text = (REPO / "MLproject").read_text()
+    assert not re.findall(r"""["']\{\w+\}["']""", text)
 
 
 def test_mlproject_entry_points_call_the_cli():

@@ -19,29 +19,68 @@ REGISTERED_MODEL_DESCRIPTION = (
     "Pothole segmentation of road photos: a UNet++ + DeepLabV3+ ensemble (logit blend, flip TTA) "
     "tuned by the potholes MLflow Project. Input: DataFrame column 'image' of base64 JPEG/PNG. "
     "Output per image: Kaggle RLE mask at the image's size, pothole statistics and each pothole. "
-    "Alias 'champion' = best validation Dice so far; 'challenger' = the newest version that did not beat it. "
+    "Alias 'champion' = best validation Dice so far on the same validation data (dataset digest); "
+    "'challenger' = the newest version that did not beat it; versions tuned on other data are not compared. "
     "Each version's description is its model card (data digest, member runs, tuned values, Dice).")
 REGISTERED_MODEL_TAGS = {"task": "binary segmentation", "domain": "road maintenance: potholes",
                          "metric": "Dice (mean per image, validation split)", "project": "potholes"}
 
 
-def promote(registered_model: str, version: str, val_dice: float) -> str:
-    """``champion`` moves to the new version only when it beats the current champion's Dice."""
+NOT_COMPARED_TAG = "potholes.not_compared"
+
+
+def promote(registered_model: str, version: str, val_dice: float, digest: str | None = None,
+            force: bool = False) -> str | None:
+    """Move ``champion`` to the new version when it beats the current champion's validation Dice
+    measured on the same validation data (the same dataset digest); else it gets ``challenger``.
+
+    A version tuned on other data is not compared at all (a Dice on synthetic blobs says nothing
+    against one on road photos): it gets no alias, a ``potholes.not_compared`` tag and a printed
+    note saying why. ``force`` (``tune --promote``) makes the new version champion regardless.
+    Returns the alias given, or None."""
     client = MlflowClient()
     try:
         current = client.get_model_version_by_alias(registered_model, CHAMPION)
     except MlflowException:
         current = None
-    if current is None or val_dice > float(current.tags.get("val_dice", "-inf")):
+    if force or current is None:
+        client.set_registered_model_alias(registered_model, CHAMPION, version)
+        return CHAMPION
+    if current.tags.get("dataset_digest") != digest:
+        reason = (f"validation Dice {val_dice:.4f} was measured on other data (dataset digest {digest}) than "
+                  f"champion version {current.version}'s (digest {current.tags.get('dataset_digest')}), so the two "
+                  f"were not compared")
+        client.set_model_version_tag(registered_model, version, NOT_COMPARED_TAG, reason)
+        print(f"note: {registered_model} version {version} stays without an alias: its {reason}; "
+              f"tune --promote (-P promote=true) makes it champion anyway", flush=True)
+        return None
+    if val_dice > float(current.tags.get("val_dice", "-inf")):
         client.set_registered_model_alias(registered_model, CHAMPION, version)
         return CHAMPION
     client.set_registered_model_alias(registered_model, CHALLENGER, version)
     return CHALLENGER
 
 
-def pinned_requirements() -> list[str]:
-    """The package's own exact pins, so the served model's environment matches training's."""
-    requirements = importlib.metadata.requires("potholes") or []
+PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
+
+
+def pinned_requirements(pyproject: Path = PYPROJECT) -> list[str]:
+    """The project's exact runtime pins, so the served model's environment matches training's.
+
+    Read from ``pyproject.toml`` when the code runs from a checkout (as the MLproject does, in
+    any environment MLflow builds, with no installed ``potholes`` distribution); from the
+    installed distribution's metadata otherwise."""
+    import tomllib
+
+    if pyproject.is_file():
+        project = tomllib.loads(pyproject.read_text()).get("project", {})
+        if project.get("name") == "potholes":
+            return list(project["dependencies"])
+    try:
+        requirements = importlib.metadata.requires("potholes") or []
+    except importlib.metadata.PackageNotFoundError as exc:
+        raise RuntimeError(f"no pins for the registered model: neither {pyproject} nor an installed potholes "
+                           f"distribution was found") from exc
     return [r for r in requirements if "extra ==" not in r]
 
 
@@ -60,7 +99,8 @@ def model_card(config: EnsembleConfig, val_dice: float, base: dict, digest: str,
 
 
 def log_and_register(predictor: EnsemblePredictor, checkpoint_dirs: dict[str, Path], example_image: Path,
-                     registered_model: str, val_dice: float, base: dict, digest: str, runs: dict) -> dict:
+                     registered_model: str, val_dice: float, base: dict, digest: str, runs: dict,
+                     force_champion: bool = False) -> dict:
     import base64
 
     import pandas as pd
@@ -103,5 +143,5 @@ def log_and_register(predictor: EnsemblePredictor, checkpoint_dirs: dict[str, Pa
     for key, value in REGISTERED_MODEL_TAGS.items():
         client.set_registered_model_tag(registered_model, key, value)
     mlflow.log_metric("best_val_dice", val_dice, model_id=info.model_id)  # shown beside the LoggedModel
-    alias = promote(registered_model, version, val_dice)
+    alias = promote(registered_model, version, val_dice, digest, force=force_champion)
     return {"version": version, "alias": alias, "model_uri": info.model_uri}
