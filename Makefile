@@ -1,8 +1,13 @@
 # `make demo` and `make test` each create or reuse .venv, so a fresh machine needs nothing else.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-DEMO_DATA ?= data/demo
-PRESET ?= auto
+# The demo stays apart from real work: its data is not under the default data_dir, its runs go to
+# their own experiment and its model to its own registered name, so it never becomes the champion
+# that `predict` uses by default.
+DEMO_DATA ?= demo/data
+DEMO_PRESET ?= demo
+DEMO_EXPERIMENT ?= potholes-demo
+DEMO_MODEL ?= pothole-ensemble-demo
 export NO_ALBUMENTATIONS_UPDATE := 1
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
@@ -17,7 +22,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # The scale-out engines the tests exercise (issue 12): the `scale` extra from PyPI (pyspark,
-# psycopg, pgserver with its PostgreSQL 16 binaries), then Java for Spark.
+# psycopg; the dev extra brings pgserver, whose PostgreSQL 16 binaries the tests start), then Java for Spark.
 scale: $(VENV)/.scale java
 
 $(VENV)/.scale: $(VENV)/.installed
@@ -42,9 +47,10 @@ java: $(VENV)/.scale
 $(DEMO_DATA)/sample_submission.csv: | venv
 	$(VENV)/bin/potholes synth $(DEMO_DATA)
 
-# The main job on the embedded synthetic default: the whole pipeline as one tracked run.
+# The whole pipeline on the synthetic set with the demo-sized budget, as one tracked run.
 demo: venv $(DEMO_DATA)/sample_submission.csv
-	$(VENV)/bin/mlflow run . --env-manager local --experiment-name potholes -P data_dir=$(DEMO_DATA) -P preset=$(PRESET)
+	$(VENV)/bin/mlflow run . --env-manager local --experiment-name $(DEMO_EXPERIMENT) -P data_dir=$(DEMO_DATA) \
+		-P preset=$(DEMO_PRESET) -P registered_model=$(DEMO_MODEL) -P output=demo/submission.csv
 
 test: venv scale
 	$(PY) -m pytest -q -rs
@@ -56,4 +62,4 @@ bench: venv
 	for script in benchmarks/bench_*.py; do $(PY) $$script --quick || exit 1; done
 
 clean:
-	rm -rf mlruns mlflow.db optuna.db submission.csv
+	rm -rf mlruns mlflow.db optuna.db submission.csv potholes.csv demo

@@ -6,7 +6,7 @@ authentication for the ``postgres`` role (nothing but this machine can reach it)
 (``pg_ctl stop -m fast``, then a kill of the postmaster if that fails) also deletes the folder.
 
 Binaries, first found wins: ``POTHOLES_PG_BINDIR``; the PostgreSQL 16 build inside the PyPI
-package ``pgserver`` (part of the ``scale`` extra, so ``pip install -e '.[scale]'`` is enough);
+package ``pgserver`` (part of the ``dev`` extra, so ``pip install -e '.[dev]'`` is enough);
 ``pg_ctl`` on PATH; Debian's ``/usr/lib/postgresql/<version>/bin`` (package ``postgresql``).
 
 Root: initdb and postgres refuse to run as root, so under root the server runs as the system
@@ -206,7 +206,7 @@ def postgres_server():
     """One PostgreSQL server on 127.0.0.1 for the test session (stopped and deleted at its end)."""
     need_modules("psycopg")  # the driver behind the postgresql+psycopg:// URLs
     if find_bindir() is None:
-        missing(f"no PostgreSQL server binaries found: {SCALE_INSTALL} (package pgserver), "
+        missing(f"no PostgreSQL server binaries found: pip install -e '.[dev]' (package pgserver), "
                 "or apt-get install postgresql, or set POTHOLES_PG_BINDIR")
     with PostgresServer() as server:
         yield server

@@ -51,7 +51,7 @@ def check_runs_read_well_in_the_ui(runs, parent) -> None:
     for run in runs:  # unset MLproject overrides are words that say what happens, never empty
         assert all(value != "" for value in run.data.params.values()), (run.data.tags["potholes.stage"], run.data.params)
         # MLproject parameters of main, which `mlflow run` logs bare
-        ours = [k for k in run.data.params if k not in {"data_dir", "preset", "n_trials", "output", "seed"}]
+        ours = [k for k in run.data.params if k not in {"data_dir", "preset", "n_trials", "output", "seed", "registered_model"}]
         assert all(k.startswith("config.") for k in ours), ours  # one naming scheme
     trains = [r for r in runs if r.data.tags.get("potholes.stage") == "train"]
     models = mlflow.search_logged_models(experiment_ids=[experiment.experiment_id], output_format="list")

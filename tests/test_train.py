@@ -8,10 +8,10 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from conftest import REPO, cli_env
-from potholes import tracking
+from potholes import resume, tracking
 from potholes import losses
 from potholes import train as train_mod
-from potholes.config import resolve_config
+from potholes.config import ConfigError, resolve_config
 from potholes.data import build_manifest
 from potholes.models import lite_timm_state_dict, load_checkpoint
 from test_prepare import artifacts
@@ -145,15 +145,23 @@ def test_interrupt_then_resume_continues_the_same_run(tracking_store, synth_data
     assert len(mlflow.search_runs(search_all_experiments=True)) == 1
 
 
-def test_resume_with_a_different_architecture_is_refused(tracking_store, synth_data, monkeypatch):
+def test_resume_names_every_setting_and_the_data_that_differ(tracking_store, synth_data, monkeypatch):
     tracking.configure()
     interrupt_on_round(monkeypatch, 2, KeyboardInterrupt())
     with pytest.raises(KeyboardInterrupt):
         train_mod.run_train(resolve_config("unetpp", "smoke"), str(synth_data), progress=False)
     run_id = mlflow.search_runs(output_format="list")[0].info.run_id
-    with pytest.raises(ValueError, match="trained with model=unetpp"):
-        train_mod.run_train(resolve_config("deeplab", "smoke", resume=run_id), str(synth_data), progress=False)
-    with pytest.raises(ValueError, match="does not exist"):
+    other = resolve_config("deeplab", "smoke", lr=0.01, split_seed=7, resume=run_id)
+    with pytest.raises(ConfigError) as refused:
+        train_mod.run_train(other, str(synth_data), progress=False)
+    message = str(refused.value)
+    for difference in ("model: the run has unetpp, this command deeplab", "lr: the run has 0.001, this command 0.01",
+                       "split_seed: the run has 42, this command 7", "dataset digest: the run trained on"):
+        assert difference in message, message  # all of them in one message
+    # the same settings on other data: only the digest differs
+    with pytest.raises(ConfigError, match="1 difference.*dataset digest"):
+        resume.check(resolve_config("unetpp", "smoke", resume=run_id), run_id, digest="0" * 8)
+    with pytest.raises(ConfigError, match="does not exist"):
         train_mod.run_train(resolve_config("deeplab", "smoke", resume="0" * 32), str(synth_data), progress=False)
 
 

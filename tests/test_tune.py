@@ -9,7 +9,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import REAL_DATA
 from potholes import tracking
-from potholes.registry import CHALLENGER, CHAMPION, promote
+from potholes.registry import CHALLENGER, CHAMPION, NOT_COMPARED_TAG, promote
 from potholes.tune import TuneConfig, run_tune
 from test_prepare import artifacts
 
@@ -72,6 +72,29 @@ def test_alias_moves_only_to_a_better_model(tracking_store):
     assert [alias for _, alias in versions] == [CHAMPION, CHALLENGER, CHAMPION]
     assert str(client.get_model_version_by_alias("m", CHAMPION).version) == str(versions[2][0])
     assert str(client.get_model_version_by_alias("m", CHALLENGER).version) == str(versions[1][0])
+
+
+def test_champion_is_compared_only_on_the_same_validation_data(tracking_store, capsys):
+    tracking.configure()
+    client = MlflowClient()
+    client.create_registered_model("m")
+
+    def register(dice: float, digest: str, force: bool = False):
+        v = client.create_model_version("m", source="file:///nowhere")
+        client.set_model_version_tag("m", v.version, "val_dice", str(dice))
+        client.set_model_version_tag("m", v.version, "dataset_digest", digest)
+        return v.version, promote("m", v.version, dice, digest, force=force)
+
+    real, _ = register(0.70, "roads")
+    demo, alias = register(0.95, "synthetic")  # a higher Dice, on other data: not compared
+    assert alias is None
+    assert "was measured on other data" in client.get_model_version("m", demo).tags[NOT_COMPARED_TAG]
+    assert "tune --promote" in capsys.readouterr().out
+    assert str(client.get_model_version_by_alias("m", CHAMPION).version) == str(real)
+    better, alias = register(0.72, "roads")  # the same data: compared, and better
+    assert alias == CHAMPION and NOT_COMPARED_TAG not in client.get_model_version("m", better).tags
+    forced, alias = register(0.10, "synthetic", force=True)
+    assert alias == CHAMPION and str(client.get_model_version_by_alias("m", CHAMPION).version) == str(forced)
 
 
 class StopAfter:

@@ -68,3 +68,40 @@ def test_a_trial_run_cut_short_by_a_kill_is_logged_again_not_left_killed(trackin
     assert shared.logged_trial_numbers(parent.info.run_id) == {0, 2}
     left = mlflow.search_runs(output_format="list", filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert sorted(r.data.tags["optuna.trial"] for r in left) == ["0", "2"]
+
+
+@pytest.mark.slow
+def test_a_storage_password_reaches_no_param_tag_argv_or_output(in_smoke_store, postgres_url, tmp_path):
+    import time
+
+    import psutil
+
+    secret = "S3cret-Pw"  # the test server trusts loopback, so any password connects
+    storage = postgres_url.replace("postgres@", f"postgres:{secret}@", 1)
+    env = cli_env(tmp_path, MLFLOW_TRACKING_URI=in_smoke_store.uri)
+    command = [sys.executable, "-m", "potholes", "tune", "--data-dir", str(in_smoke_store.data),
+               "--unetpp-run", in_smoke_store.unetpp["run_id"], "--deeplab-run", in_smoke_store.deeplab["run_id"],
+               "--study-name", "secret", "--registered-model", "secret-model", "--n-trials", "6", "--workers", "2"]
+    owner = subprocess.Popen(command, env={**env, "POTHOLES_STORAGE": storage}, cwd=tmp_path, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    worker_argvs = []
+    while owner.poll() is None:  # bounded by the owner's own end; every command line seen meanwhile
+        try:
+            worker_argvs += [" ".join(child.cmdline()) for child in psutil.Process(owner.pid).children()]
+        except psutil.Error:
+            pass
+        time.sleep(0.05)
+    output = owner.communicate(timeout=60)[0]
+    assert owner.returncode == 0, output[-3000:]
+    assert any(" tune " in argv for argv in worker_argvs)  # the worker was seen
+    assert not any(secret in argv for argv in worker_argvs)
+    assert secret not in output
+    client = MlflowClient(in_smoke_store.uri)
+    mlflow.set_tracking_uri(in_smoke_store.uri)
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    parent = next(r for r in runs if r.data.params.get("config.study_name") == "secret")
+    assert parent.data.params["config.storage"] == storage.replace(secret, "***")
+    for run in runs:
+        assert not any(secret in str(v) for v in (*run.data.params.values(), *run.data.tags.values()))
+    for version in client.search_model_versions("name = 'secret-model'"):
+        assert secret not in version.description and not any(secret in v for v in version.tags.values())

@@ -10,6 +10,8 @@ import pandas as pd
 import pytest
 
 from potholes.cli import cli
+from potholes.config import ConfigError
+from potholes.data import DatasetError
 from potholes.predict import write_csv_atomically
 
 COMMANDS = ["prepare", "train", "tune", "predict", "main", "synth"]
@@ -61,3 +63,24 @@ def test_written_csv_files_honour_the_umask(tmp_path, umask):
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
     assert [p.name for p in tmp_path.iterdir()] == ["submission.csv"]  # no temporary file left
+
+
+@pytest.mark.parametrize("raised, code", [(ValueError("a bug, not the user's"), 1), (KeyError("bug"), 1),
+                                          (ConfigError("lr must be > 0, got -1"), 2),
+                                          (DatasetError("train/images: empty folder"), 2)])
+def test_only_user_errors_become_one_message_others_keep_their_traceback(synth_data, tracking_store, monkeypatch,
+                                                                          raised, code):
+    from click.testing import CliRunner
+
+    import potholes.prepare
+
+    def stage(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr(potholes.prepare, "run_prepare", stage)
+    result = CliRunner().invoke(cli, ["prepare", "--data-dir", str(synth_data)])
+    assert result.exit_code == code
+    if code == 2:
+        assert f"error: {raised}" in result.output and result.exception.__class__ is SystemExit
+    else:
+        assert result.exception is raised  # not swallowed: the traceback reaches the user

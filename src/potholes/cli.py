@@ -7,7 +7,7 @@ import sys
 import click
 
 from potholes import __version__
-from potholes.data import DatasetError
+from potholes.errors import UserError
 
 DATA_DIR_HELP = "dataset folder (competition layout: train/images, train/mask, test/images, sample_submission.csv)"
 
@@ -40,11 +40,14 @@ class Maybe(click.ParamType):
 
 
 PRESET_INT, PRESET_FLOAT, PRESET_STR = Maybe(int, "preset"), Maybe(float, "preset"), Maybe(str, "preset")
-PRESETS = click.Choice(["auto", "full", "cpu", "smoke"])
-PRESET_HELP = "auto = full with CUDA, else cpu; full = the seed's GPU recipe; smoke = seconds, for tests"
+PRESETS = click.Choice(["auto", "full", "cpu", "demo", "smoke"])
+PRESET_HELP = ("auto = full with CUDA, else cpu; full = the seed's GPU recipe; demo = about a minute a model, to "
+               "see every stage on the synthetic set (not a recipe for photos); smoke = seconds, for tests")
 
 
-def _fail(exc: Exception) -> None:
+def _fail(exc: UserError) -> None:
+    """A mistake the user can fix (a bad parameter, bad data, a missing prerequisite): one message
+    and exit status 2. Every other exception is a bug and keeps its traceback (exit status 1)."""
     click.echo(f"error: {exc}", err=True)
     sys.exit(2)
 
@@ -85,7 +88,7 @@ def prepare(ctx: click.Context, data_dir: str, val_fraction: float, seed: int) -
         _dataset(data_dir)
         _tracking(ctx)
         run_prepare(data_dir, SplitConfig(val_fraction=val_fraction, seed=seed))
-    except DatasetError as exc:
+    except UserError as exc:
         _fail(exc)
 
 
@@ -146,7 +149,6 @@ def train(ctx: click.Context, data_dir: str, model: str, preset: str, resume: st
     Under torchrun (or with --nproc N) each process trains on its share of every step."""
     from potholes import distributed
     from potholes.config import ConfigError, resolve_config
-    from potholes.models import WeightsUnavailable
 
     world = distributed.from_env()
     try:
@@ -169,7 +171,7 @@ def train(ctx: click.Context, data_dir: str, model: str, preset: str, resume: st
 
         with distributed.process_group():
             run_train(config, data_dir)
-    except (ConfigError, DatasetError, WeightsUnavailable, ValueError) as exc:
+    except UserError as exc:
         _fail(exc)
 
 
@@ -188,13 +190,18 @@ def train(ctx: click.Context, data_dir: str, model: str, preset: str, resume: st
               help="smallest min-area tried, in pixels at 512 px (scaled to the model size)")
 @click.option("--min-area-max", default=400, show_default=True, type=int,
               help="largest min-area tried, in pixels at 512 px (scaled to the model size)")
-@click.option("--storage", type=Maybe(str, "default"), default=None,
-              help="Optuna storage URL (sqlite:///..., postgresql+psycopg://...)  [default: optuna.db beside mlflow.db]")
+@click.option("--storage", type=Maybe(str, "default"), default=None, envvar="POTHOLES_STORAGE",
+              help="Optuna storage URL (sqlite:///..., postgresql+psycopg://user@host/db with the password in "
+                   "PGPASSWORD or ~/.pgpass, journal:///path); also read from $POTHOLES_STORAGE  "
+                   "[default: optuna.db beside mlflow.db]")
 @click.option("--study-name", type=Maybe(str, "auto"), default=None,
               help="Optuna study  [default: auto, from the two runs and the split]")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
               help="local processes sharing the study's trials")
 @click.option("--registered-model", default="pothole-ensemble", show_default=True, help="model registry name")
+@click.option("--promote", type=click.BOOL, default=False, show_default=True,
+              help="make the new version @champion even when it was tuned on other validation data or scores "
+                   "lower (by default champion moves only to a better Dice on the same data)")
 @click.option("--val-fraction", default=0.15, show_default=True, type=float, help="must match prepare's")
 @click.option("--split-seed", default=42, show_default=True, type=int, help="must match prepare's --seed")
 @click.pass_context
@@ -208,7 +215,7 @@ def tune(ctx: click.Context, data_dir: str, **options) -> None:
         _dataset(data_dir)
         _tracking(ctx)
         run_tune(data_dir, config)
-    except (DatasetError, ValueError) as exc:
+    except UserError as exc:
         _fail(exc)
 
 
@@ -238,7 +245,7 @@ def predict(ctx: click.Context, data_dir: str, model_uri: str, output: str, batc
         _tracking(ctx)
         run_predict(data_dir, PredictConfig(model_uri=model_uri, output=output, batch_size=batch_size,
                                             runtime=runtime, engine=engine, spark_master=spark_master))
-    except (DatasetError, ValueError) as exc:
+    except UserError as exc:
         _fail(exc)
 
 
@@ -254,15 +261,13 @@ def predict(ctx: click.Context, data_dir: str, model_uri: str, output: str, batc
 def main_pipeline(ctx: click.Context, data_dir: str, preset: str, n_trials: int, output: str,
                   registered_model: str, seed: int) -> None:
     """The whole pipeline: prepare, train both models, tune, predict (one parent run)."""
-    from potholes.config import ConfigError
-    from potholes.models import WeightsUnavailable
     from potholes.pipeline import run_main
 
     try:
         _dataset(data_dir)
         _tracking(ctx)
         run_main(data_dir, preset=preset, n_trials=n_trials, output=output, registered_model=registered_model, seed=seed)
-    except (ConfigError, DatasetError, WeightsUnavailable, ValueError) as exc:
+    except UserError as exc:
         _fail(exc)
 
 

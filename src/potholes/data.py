@@ -20,6 +20,7 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from potholes import problems as kinds
+from potholes.errors import ConfigError
 from potholes.images import (  # noqa: F401 (re-exported: the data layer's public readers)
     MASK_THRESHOLD, UnreadableImage, binarize_mask, decode_image, mask_notes, read_image, read_mask, read_raw_mask)
 from potholes.problems import DatasetError, Problem, ProblemReport
@@ -29,7 +30,7 @@ MASK_DIR_NAMES = ("mask", "masks")
 
 SYNTH_HINT = (
     "Point --data-dir (MLflow: -P data_dir=...) at the unpacked competition download, "
-    "or generate a synthetic dataset with `potholes synth data/demo`."
+    "or generate a synthetic dataset with `potholes synth demo/data`."
 )
 
 
@@ -236,7 +237,7 @@ def split_train_val(manifest: pd.DataFrame, val_fraction: float = 0.15, seed: in
     fill every stratum in both parts.
     """
     if not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
+        raise ConfigError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
     n = len(manifest)
     n_val = int(np.ceil(n * val_fraction))
     if n < 2 or n_val >= n:

@@ -24,6 +24,8 @@ from typing import Callable, TypeVar
 import torch
 import torch.distributed as dist
 
+from potholes.errors import ConfigError
+
 T = TypeVar("T")
 
 
@@ -97,7 +99,7 @@ def process_group(timeout_minutes: float = 30.0):
 def check_gpus(nproc: int) -> None:
     """With CUDA each process needs a GPU of its own (nccl cannot share one between ranks)."""
     if torch.cuda.is_available() and nproc > torch.cuda.device_count():
-        raise ValueError(f"nproc must be at most the number of GPUs ({torch.cuda.device_count()}) with CUDA, "
+        raise ConfigError(f"nproc must be at most the number of GPUs ({torch.cuda.device_count()}) with CUDA, "
                          f"one process per GPU; got {nproc} processes on this machine")
 
 

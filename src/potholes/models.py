@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from potholes.errors import ConfigError, UserError
+
 ARCHITECTURES = {"unetpp": "UnetPlusPlus", "deeplab": "DeepLabV3Plus"}
 LITE0 = "tu-tf_efficientnet_lite0"
 LITE1 = "tu-tf_efficientnet_lite1"
@@ -32,7 +34,7 @@ _FIRST_STAGE_NAMES = {  # stage 0 has no expansion: depthwise first
 _TOP_NAMES = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
 
 
-class WeightsUnavailable(RuntimeError):
+class WeightsUnavailable(UserError, RuntimeError):
     """Pretrained weights cannot be had offline; the message says how to provide them."""
 
 
@@ -77,7 +79,7 @@ def build_model(arch: str, encoder: str, encoder_weights: str | None = None) -> 
     import segmentation_models_pytorch as smp
 
     if arch not in ARCHITECTURES:
-        raise ValueError(f"model must be one of {sorted(ARCHITECTURES)}, got '{arch}'")
+        raise ConfigError(f"model must be one of {sorted(ARCHITECTURES)}, got '{arch}'")
     cls = getattr(smp, ARCHITECTURES[arch])
     offline_lite = encoder_weights == "imagenet" and encoder in OFFLINE_WEIGHTS
     smp_weights = None if offline_lite or encoder_weights in (None, "none") else encoder_weights
@@ -113,7 +115,7 @@ def freeze_encoder(model: torch.nn.Module, stride: int) -> int:
     """
     info = getattr(getattr(model.encoder, "model", None), "feature_info", None)
     if info is None or stride not in info.reduction():
-        raise ValueError(f"freeze_stride {stride}: the encoder has no timm feature at that stride "
+        raise ConfigError(f"freeze_stride {stride}: the encoder has no timm feature at that stride "
                          f"(strides: {info.reduction() if info else 'not a tu- encoder'})")
     last = info.module_name()[info.reduction().index(stride)] + "."  # e.g. 'blocks.2.'
     frozen, inside_last = 0, False

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import math
 
+from potholes.errors import UserError
 
-class ParamError(ValueError):
+
+class ParamError(UserError, ValueError):
     def __init__(self, name: str, value, expected: str):
         self.name, self.value, self.expected = name, value, expected
         super().__init__(f"param '{name}': got {value!r}, expected {expected}")

@@ -67,22 +67,28 @@ def run_main(data_dir: str, preset: str = "auto", n_trials: int = 40, output: st
 
 
 def where_and_next(results: dict, data_dir: str, registered_model: str) -> str:
-    """Where the runs, the model and the submission are, and the commands a user runs next."""
+    """Where the runs, the model and the submission are, and the commands a user runs next.
+    The tracking URI is shown with any password masked."""
     from pathlib import Path
 
-    uri = mlflow.get_tracking_uri()
+    from potholes.redaction import mask_url
+
+    uri = mask_url(mlflow.get_tracking_uri())
     run = mlflow.get_run(results["run_id"])
     experiment = mlflow.get_experiment(run.info.experiment_id).name
     tune = results["tune"]
+    # Serve what this pipeline made: the champion when it became one, else its own version.
+    model = f"models:/{registered_model}@champion" if tune["alias"] == "champion" else \
+        f"models:/{registered_model}/{tune['version']}"
+    alias = f"@{tune['alias']}" if tune["alias"] else "no alias: tuned on other data than @champion"
     ui = (f"open {uri}" if uri.startswith("http") else f"mlflow ui --backend-store-uri {uri} --port 5000"
           f"   # then http://127.0.0.1:5000")
     return "\n".join([
         f"runs:       {uri}, experiment '{experiment}', parent run {results['run_id']}",
-        f"model:      models:/{registered_model}/{tune['version']} (@{tune['alias']})",
+        f"model:      models:/{registered_model}/{tune['version']} ({alias})",
         f"submission: {Path(results['predict']['output']).resolve()}",
         "next:",
         f"  {ui}",
-        f"  MLFLOW_TRACKING_URI={uri} mlflow models serve -m models:/{registered_model}@champion "
-        f"--env-manager local -p 5001",
-        f"  MLFLOW_TRACKING_URI={uri} potholes predict --data-dir {data_dir} --model-uri models:/{registered_model}@champion",
+        f"  MLFLOW_TRACKING_URI={uri} mlflow models serve -m {model} --env-manager local -p 5001",
+        f"  MLFLOW_TRACKING_URI={uri} potholes predict --data-dir {data_dir} --model-uri {model}",
     ])

@@ -15,6 +15,7 @@ from potholes import postprocess as pp
 from potholes import size_buckets
 from potholes import spark_scoring  # imports no pyspark until --engine spark runs
 from potholes.data import DatasetError, DatasetLayout, find_dataset, list_images, read_image, read_mask
+from potholes.errors import ConfigError
 from potholes.images import unreadable_images
 
 DEFAULT_MODEL_URI = "models:/pothole-ensemble@champion"
@@ -152,7 +153,7 @@ def run_predict(data_dir: str, config: PredictConfig = PredictConfig(), progress
     try:
         model = mlflow.pyfunc.load_model(config.model_uri)
     except Exception as exc:
-        raise ValueError(f"model_uri '{config.model_uri}' cannot be loaded ({exc}); run the tune entry point "
+        raise ConfigError(f"model_uri '{config.model_uri}' cannot be loaded ({exc}); run the tune entry point "
                          "first, or pass a registered version such as models:/pothole-ensemble/1") from exc
     predictor = model.unwrap_python_model().predictor
     if config.batch_size:

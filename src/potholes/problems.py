@@ -10,6 +10,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from potholes.errors import UserError
+
 # Errors stop the stage; the order is the order of the report.
 MISSING_FOLDER = "missing folder"
 EMPTY_FOLDER = "empty folder"
@@ -36,7 +38,7 @@ class Problem:
         return f"{self.file}: {self.detail}" if self.detail else self.file
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """A dataset problem a user must fix; the message lists every problem found, by kind."""
 
     def __init__(self, problems: list[str] | str | list[Problem], where: Path | str | None = None,

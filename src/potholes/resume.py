@@ -13,10 +13,16 @@ from mlflow.tracking import MlflowClient
 
 from potholes import tracking
 from potholes.config import TrainConfig
+from potholes.errors import ConfigError
+from potholes.redaction import mask_url
 
 MODEL_TAG = "potholes.logged_model_id"
-MUST_MATCH = ("model", "encoder", "freeze_stride", "img_size", "crop_size", "steps", "epochs", "rounds", "warmup", "ema",
-              "loss", "precision", "seed", "batch_size", "world_size")
+# What a resumed run must share with the interrupted one to end as the uninterrupted run would:
+# the model and its input, the budget and schedule, the optimiser, the loss, the seed and the
+# split (the data itself is compared by the manifest's dataset digest).
+MUST_MATCH = ("model", "encoder", "encoder_weights", "freeze_stride", "img_size", "crop_size", "mean", "std",
+              "steps", "epochs", "rounds", "warmup", "ema", "batch_size", "world_size", "lr", "weight_decay",
+              "loss", "focal_weight", "focal_gamma", "val_threshold", "precision", "seed", "val_fraction", "split_seed")
 
 
 @dataclass
@@ -26,38 +32,43 @@ class ResumePoint:
     logged_steps: set[int]  # steps whose metrics are on the run already
 
 
-def check(config: TrainConfig, run_id: str) -> None:
-    """Refuse, naming the reason, what cannot be continued exactly."""
+def check(config: TrainConfig, run_id: str, digest: str | None = None) -> None:
+    """Refuse what cannot be continued exactly, naming the reason, or every setting that differs."""
     try:
         run = MlflowClient().get_run(run_id)
     except Exception as exc:
-        raise ValueError(f"resume: run '{run_id}' does not exist in {mlflow.get_tracking_uri()}") from exc
+        raise ConfigError(f"resume: run '{run_id}' does not exist in {mask_url(mlflow.get_tracking_uri())}") from exc
     if run.info.status == "RUNNING" and tracking.process_alive(run.data.tags):
-        raise ValueError(f"resume: run '{run_id}' is still running (process {run.data.tags.get('potholes.pid')} "
-                         f"on {run.data.tags.get('potholes.host')}); stop it before resuming")
+        raise ConfigError(f"resume: run '{run_id}' is still running (process {run.data.tags.get('potholes.pid')} "
+                          f"on {run.data.tags.get('potholes.host')}); stop it before resuming")
     if run.info.status == "FINISHED":
-        raise ValueError(f"resume: run '{run_id}' finished all its rounds; nothing to resume")
+        raise ConfigError(f"resume: run '{run_id}' finished all its rounds; nothing to resume")
     if MODEL_TAG not in run.data.tags:
-        raise ValueError(f"resume: run '{run_id}' is not a train run of this version (no {MODEL_TAG} tag)")
-    params = run.data.params
-    for key in MUST_MATCH:
-        logged = params.get(f"config.{key}")
-        if logged is not None and logged != str(getattr(config, key)):
-            how = "as many processes (--nproc / torchrun --nproc_per_node)" if key == "world_size" else \
-                f"the same {key} (or preset)"
-            raise ValueError(f"resume: run '{run_id}' was trained with {key}={logged}, "
-                             f"not {getattr(config, key)}; pass {how} to resume it")
+        raise ConfigError(f"resume: run '{run_id}' is not a train run of this version (no {MODEL_TAG} tag)")
+    params, now = run.data.params, config.as_params()
+    differences = [f"{key}: the run has {params[f'config.{key}']}, this command {now[key]}" for key in MUST_MATCH
+                   if f"config.{key}" in params and params[f"config.{key}"] != str(now[key])]
+    trained_on = tracking.run_dataset_digest(run_id) if digest else None
+    if trained_on and trained_on != digest:
+        differences.append(f"dataset digest: the run trained on {trained_on}, this data and split give {digest} "
+                           f"(other files, masks or split)")
+    if differences:
+        hint = "as many processes (--nproc / torchrun --nproc_per_node), " if any(
+            d.startswith("world_size") for d in differences) else ""
+        raise ConfigError(f"resume: run '{run_id}' cannot be continued exactly; {len(differences)} difference(s):\n  "
+                          + "\n  ".join(differences)
+                          + f"\npass {hint}the run's values (or its preset) and the same data to resume it")
 
 
-def load(config: TrainConfig, run_id: str) -> ResumePoint:
+def load(config: TrainConfig, run_id: str, digest: str | None = None) -> ResumePoint:
     from safetensors.torch import load_file
 
-    check(config, run_id)
+    check(config, run_id, digest)
     with tempfile.TemporaryDirectory() as tmp:
         try:
             path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="checkpoints/last/last.pt", dst_path=tmp)
         except Exception as exc:
-            raise ValueError(f"resume: run '{run_id}' has no checkpoints/last/last.pt to resume from ({exc})") from exc
+            raise ConfigError(f"resume: run '{run_id}' has no checkpoints/last/last.pt to resume from ({exc})") from exc
         payload = torch.load(path, map_location="cpu", weights_only=True)
         try:
             best = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="checkpoints/best", dst_path=tmp)

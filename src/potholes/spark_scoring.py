@@ -28,6 +28,8 @@ from urllib.parse import urlparse
 import numpy as np
 import pandas as pd
 
+from potholes.errors import ConfigError
+
 ENGINES = ("local", "spark")
 DEFAULT_MASTER = "local[*]"
 MASTER_FORMS = "local, local[N], local[*], local[N,F], spark://HOST:PORT[,HOST:PORT...], yarn or k8s://https://HOST:PORT"
@@ -42,7 +44,7 @@ JAVA_HELP = ("Spark 4 needs Java 17 or newer with the jdk.incubator.vector modul
              "module); point JAVA_HOME at it or put its `java` on PATH")
 
 
-class SparkSetupError(ValueError):
+class SparkSetupError(ConfigError):
     """Spark cannot run as asked (engine, master, Java or pyspark): a message naming what to fix."""
 
 

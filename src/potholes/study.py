@@ -24,6 +24,7 @@ from mlflow.tracking import MlflowClient
 from potholes import tracking
 
 PARENT_ATTR = "mlflow_parent_run_id"
+STORAGE_ENV = "POTHOLES_STORAGE"  # tune --storage reads it too
 PROCESS_ATTR = "potholes.process"
 # A trial scores cached logits in well under a second; one RUNNING this long lost its process
 # (another host's, or killed before it could say whose it was).
@@ -189,11 +190,13 @@ def spawn_workers(data_dir: str, tune, storage: str, study_name: str, runs: dict
 
     args = [sys.executable, "-m", "potholes", "tune", "--data-dir", str(data_dir), "--n-trials", str(tune.n_trials),
             "--seed", str(tune.seed), "--threshold-min", str(tune.threshold_min), "--threshold-max", str(tune.threshold_max),
-            "--min-area-min", str(tune.min_area_min), "--min-area-max", str(tune.min_area_max), "--storage", storage,
+            "--min-area-min", str(tune.min_area_min), "--min-area-max", str(tune.min_area_max),
             "--study-name", study_name, "--unetpp-run", runs["unetpp"], "--deeplab-run", runs["deeplab"],
             "--registered-model", tune.registered_model, "--val-fraction", str(tune.val_fraction),
             "--split-seed", str(tune.split_seed), "--workers", "1"]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(),
+    # The storage URL may hold a password: it goes through the environment, never the command
+    # line, which every user of the machine can read (ps, /proc).
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(), STORAGE_ENV: storage,
            "MLFLOW_EXPERIMENT_ID": mlflow.active_run().info.experiment_id}
     env.pop("MLFLOW_RUN_ID", None)  # `mlflow run`'s run belongs to this process
     return [subprocess.Popen(args, env=env) for _ in range(tune.workers - 1)]

@@ -13,6 +13,8 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from potholes.errors import ConfigError
+
 EMPTY_SHARE = 0.10
 
 
@@ -107,7 +109,7 @@ def generate(out_dir: str | Path, n_train: int = 40, n_test: int = 10, size: int
     """Write ``train/images``, ``train/mask``, ``test/images``, ``test/mask`` and
     ``sample_submission.csv`` (rows in a shuffled, non-alphabetical order, like the competition's)."""
     if n_train < 2 or n_test < 1 or size < 32:
-        raise ValueError(f"need n_train >= 2, n_test >= 1 and size >= 32 (got {n_train}, {n_test}, {size})")
+        raise ConfigError(f"need n_train >= 2, n_test >= 1 and size >= 32 (got {n_train}, {n_test}, {size})")
     out = Path(out_dir)
     rng = np.random.default_rng(seed)
     numbers = rng.permutation(np.arange(1, n_train + n_test + 1))

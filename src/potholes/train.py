@@ -20,6 +20,7 @@ import torch
 from potholes import augment, distributed
 from potholes.budget import Plan, plan_training, warmup_cosine
 from potholes.config import TrainConfig
+from potholes.errors import ConfigError
 from potholes.losses import criterion, dice_per_image
 from potholes.models import build_model, freeze_encoder
 from potholes.training_data import SegmentationDataset, load_split, make_loader, seed_everything
@@ -225,7 +226,7 @@ def run_train(config: TrainConfig, data_dir: str, progress: bool = True) -> dict
     from potholes.data import build_manifest
 
     if config.world_size != distributed.size():
-        raise ValueError(f"world_size={config.world_size}, but this process is one of {distributed.size()}")
+        raise ConfigError(f"world_size={config.world_size}, but this process is one of {distributed.size()}")
     main = distributed.is_main()
     progress = progress and main
     if main:
@@ -252,7 +253,8 @@ def run_train(config: TrainConfig, data_dir: str, progress: bool = True) -> dict
     run_id, logged_steps = None, set()
     if config.resume:
         run_id = config.resume
-        point = distributed.from_main(lambda: resume.load(config, run_id))  # every rank, the same last.pt
+        digest = tracking.manifest_dataset(manifest, root).digest  # the data it trained on must be this data
+        point = distributed.from_main(lambda: resume.load(config, run_id, digest))  # every rank, the same last.pt
         state.restore(point.payload)
         state.best_state, logged_steps = point.best_state, point.logged_steps
         if main:

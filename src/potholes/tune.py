@@ -25,6 +25,8 @@ from potholes import size_buckets
 from potholes import study as shared
 from potholes import tracking
 from potholes.ensemble import MEMBERS, EnsembleConfig, EnsemblePredictor
+from potholes.errors import ConfigError
+from potholes.redaction import mask_url
 from potholes.registry import log_and_register
 
 
@@ -44,20 +46,21 @@ class TuneConfig:
     val_fraction: float = 0.15
     split_seed: int = 42
     workers: int = 1  # local processes sharing the study (the others attach to this one's parent run)
+    promote: bool = False  # make the registered version champion even when tuned on other data or worse
     extra_callbacks: tuple[Callable, ...] = field(default=(), compare=False)
 
     def validate(self) -> None:
         if self.n_trials < 1:
-            raise ValueError(f"n_trials must be >= 1, got {self.n_trials}")
+            raise ConfigError(f"n_trials must be >= 1, got {self.n_trials}")
         if not 0 < self.threshold_min <= self.threshold_max < 1:
-            raise ValueError(f"need 0 < threshold_min <= threshold_max < 1, got {self.threshold_min}..{self.threshold_max}")
+            raise ConfigError(f"need 0 < threshold_min <= threshold_max < 1, got {self.threshold_min}..{self.threshold_max}")
         if self.workers < 1:
-            raise ValueError(f"workers must be >= 1, got {self.workers}")
+            raise ConfigError(f"workers must be >= 1, got {self.workers}")
         if self.workers > 1 and (self.storage or "").startswith("sqlite"):
             print("note: several workers on SQLite storage wait on its write lock; PostgreSQL or "
                   "JournalStorage suit them better", flush=True)
         if not 0 <= self.min_area_min <= self.min_area_max:
-            raise ValueError(f"need 0 <= min_area_min <= min_area_max, got {self.min_area_min}..{self.min_area_max}")
+            raise ConfigError(f"need 0 <= min_area_min <= min_area_max, got {self.min_area_min}..{self.min_area_max}")
 
 
 # ----------------------------------------------------------------------------- choosing runs
@@ -69,7 +72,7 @@ def latest_train_run(model: str, digest: str) -> str:
                        f"attributes.status = 'FINISHED' AND tags.`potholes.dataset_digest` = '{digest}'"),
         order_by=["attributes.start_time DESC"], max_results=1, output_format="list")
     if not runs:
-        raise ValueError(f"no finished train run of model '{model}' on this split (dataset digest {digest}); "
+        raise ConfigError(f"no finished train run of model '{model}' on this split (dataset digest {digest}); "
                          f"run `mlflow run . -e train -P model={model}` first or pass {model}_run=<run id>")
     return runs[0].info.run_id
 
@@ -78,14 +81,14 @@ def check_train_run(run_id: str, model: str, digest: str) -> None:
     try:
         run = MlflowClient().get_run(run_id)
     except MlflowException as exc:
-        raise ValueError(f"{model}_run: run '{run_id}' does not exist in {mlflow.get_tracking_uri()}") from exc
+        raise ConfigError(f"{model}_run: run '{run_id}' does not exist in {mask_url(mlflow.get_tracking_uri())}") from exc
     tags = run.data.tags
     if tags.get("potholes.stage") != "train" or tags.get("model") != model:
-        raise ValueError(f"{model}_run: run '{run_id}' is not a train run of model '{model}' "
+        raise ConfigError(f"{model}_run: run '{run_id}' is not a train run of model '{model}' "
                          f"(stage={tags.get('potholes.stage')}, model={tags.get('model')})")
     trained_on = tracking.run_dataset_digest(run_id)
     if trained_on != digest:
-        raise ValueError(f"{model}_run: run '{run_id}' was trained on a different split (dataset digest "
+        raise ConfigError(f"{model}_run: run '{run_id}' was trained on a different split (dataset digest "
                          f"{trained_on}, this data gives {digest}); retrain it or use matching data_dir/val_fraction/seed")
 
 
@@ -242,7 +245,7 @@ def run_tune(data_dir: str, tune: TuneConfig = TuneConfig(), progress: bool = Tr
                 tracking.log_params({"data_dir": data_dir, "n_trials": tune.n_trials, "seed": tune.seed,
                                      "threshold_range": f"{tune.threshold_min}-{tune.threshold_max}",
                                      "min_area_range_at_img_size": f"{space.min_area[0]}-{space.min_area[1]}",
-                                     "img_size": size, "storage": storage, "study_name": study_name,
+                                     "img_size": size, "storage": mask_url(storage), "study_name": study_name,
                                      "unetpp_run": runs["unetpp"], "deeplab_run": runs["deeplab"], "workers": tune.workers})
                 tracking.log_manifest(prepared.manifest, prepared.layout.root, context="tuning")
                 log_member_inputs(parent_id, runs)
@@ -274,13 +277,15 @@ def run_tune(data_dir: str, tune: TuneConfig = TuneConfig(), progress: bool = Tr
             predictor.config.threshold = float(best.params["threshold"])
             predictor.config.min_area = int(best.params["min_area"])
             example = prepared.layout.root / prepared.manifest[prepared.manifest["split"] == "val"].iloc[0]["image_path"]
-            registered = log_and_register(predictor, dirs, example, tune.registered_model, best.value, base, digest, runs)
+            registered = log_and_register(predictor, dirs, example, tune.registered_model, best.value, base, digest, runs,
+                                          force_champion=tune.promote)
             # Facts that stay true (an alias moves later; this version's promotion does not change).
             mlflow.set_tags({"registered_model": tune.registered_model, "registered_version": registered["version"],
                              "became_champion": str(registered["alias"] == "champion").lower()})
             print(f"tuned val Dice {best.value:.4f} (UNet++ {base['baseline_unetpp_dice']:.4f}, DeepLabV3+ "
                   f"{base['baseline_deeplab_dice']:.4f}, 50/50@0.4 {base['baseline_blend50_dice']:.4f}); "
                   f"params {best.params}", flush=True)
-            print(f"registered {tune.registered_model} version {registered['version']} as @{registered['alias']}", flush=True)
+            alias = f"as @{registered['alias']}" if registered["alias"] else "without an alias"
+            print(f"registered {tune.registered_model} version {registered['version']} {alias}", flush=True)
             return {"run_id": parent_id, "best_val_dice": best.value, "best_params": best.params,
                     "trials_run_now": ran, "owner": True, **base, **registered}

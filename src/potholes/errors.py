@@ -1,0 +1,13 @@
+"""The one base class of mistakes a user can fix: a bad parameter, bad data, a missing
+prerequisite. The CLI answers these with one message and exit status 2; any other exception is
+a bug and keeps its traceback."""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A problem with what the user gave; the message names it, what was given and what was expected."""
+
+
+class ConfigError(UserError, ValueError):
+    """An invalid parameter; the message names it, the value given and what was expected."""
