@@ -16,6 +16,7 @@ from conftest import REPO, cli_env
 def test_main_pipeline_with_smoke_preset(tmp_path, synth_data):
     env = cli_env(tmp_path)
     output = tmp_path / "submission.csv"
+    before = (REPO / "optuna.db").stat().st_mtime if (REPO / "optuna.db").exists() else None  # a user's own
     out = subprocess.run([str(Path(sys.executable).parent / "mlflow"), "run", str(REPO), "--env-manager", "local",
                           "--experiment-name", "potholes", "-P", f"data_dir={synth_data}", "-P", "preset=smoke",
                           "-P", "n_trials=3", "-P", f"output={output}"],
@@ -34,7 +35,9 @@ def test_main_pipeline_with_smoke_preset(tmp_path, synth_data):
     written = pd.read_csv(output, keep_default_na=False)
     assert written["ImageId"].tolist() == pd.read_csv(synth_data / "sample_submission.csv")["ImageId"].tolist()
     assert MlflowClient().get_model_version_by_alias("pothole-ensemble", "champion")
-    assert not (REPO / "optuna.db").exists()  # the study lives beside the tracking store
+    # the study lives beside the tracking store, not in the checkout
+    assert ((REPO / "optuna.db").stat().st_mtime if (REPO / "optuna.db").exists() else None) == before
+    assert (tmp_path / "optuna.db").exists()
     check_runs_read_well_in_the_ui(runs, parent)
     # the end says where everything is and what to run next
     assert f"dataset root: {synth_data}" in out.stdout
