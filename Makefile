@@ -33,13 +33,13 @@ $(VENV)/.scale: $(VENV)/.installed
 # to do. Missing, as root with apt-get: Debian's headless OpenJDK. Otherwise the Spark tests skip
 # (fail under CI=true) saying what to install.
 java: $(VENV)/.scale
-	@$(PY) -c "from potholes.spark_scoring import find_java; print('Java for Spark:', find_java())" 2>/dev/null \
+	@$(PY) -c "from potholes.scale.spark import find_java; print('Java for Spark:', find_java())" 2>/dev/null \
 	|| if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		echo "installing a Java runtime for Spark (Debian openjdk-17-jre-headless)"; \
 		apt-get update -qq && { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 			openjdk-17-jre-headless || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 			--no-install-recommends openjdk-21-jre-headless; } \
-		&& $(PY) -c "from potholes.spark_scoring import find_java; print('Java for Spark:', find_java())"; \
+		&& $(PY) -c "from potholes.scale.spark import find_java; print('Java for Spark:', find_java())"; \
 	else \
 		echo "no Java 17+ for Spark: install one (sudo apt-get install openjdk-17-jre-headless); Spark tests will skip"; \
 	fi

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from common import dataset, parser, pipeline_dice, report, stage_seconds
 
-from potholes.models import LITE2
+from potholes.inference.networks import LITE2
 
 VARIANTS = {
     "full": {},
@@ -50,8 +50,8 @@ def run_variant(data: Path, store: Path, preset: str, n_trials: int, seed: int, 
     import mlflow
     import torch
 
-    from potholes import tracking
-    from potholes.pipeline import run_main
+    from potholes.stages.main import run_main
+    from potholes.tracking import runs as tracking
 
     store.mkdir(parents=True, exist_ok=True)
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store / 'mlflow.db'}"

@@ -10,10 +10,11 @@ import time
 from pathlib import Path
 
 from common import dataset, parser, report, seconds_per_train_step
-from potholes import augment
-from potholes.config import resolve_config
-from potholes.data import build_manifest
-from potholes.train import SegmentationDataset, load_split, make_loader
+
+from potholes.data.dataset import build_manifest
+from potholes.training import augment
+from potholes.training.config import resolve_config
+from potholes.training.loader import SegmentationDataset, load_split, make_loader
 
 
 def main() -> None:

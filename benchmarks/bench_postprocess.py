@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-
 from common import best_of, parser, report
-from potholes.postprocess import remove_small_components, rle_encode
 from seed_way import remove_small_components_seed, rle_encode_scan
+
+from potholes.inference.postprocess import remove_small_components, rle_encode
 
 
 def realistic_mask(shape, seed: int) -> np.ndarray:

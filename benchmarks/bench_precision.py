@@ -8,7 +8,8 @@ The quality side of both choices is row 6 (`bench_quality.py`)."""
 from __future__ import annotations
 
 from common import parser, report, seconds_per_train_step
-from potholes.config import resolve_config
+
+from potholes.training.config import resolve_config
 
 
 def seconds_per_step(model: str, precision: str, img_size: int, steps: int, freeze_stride: int) -> float:

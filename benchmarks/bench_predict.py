@@ -9,10 +9,16 @@ import time
 from pathlib import Path
 
 from common import dataset, parser, report, untrained_checkpoints
-from potholes.data import find_dataset, read_image
-from potholes.ensemble import EnsembleConfig, EnsemblePredictor, resize_batch, tta_logits
-from potholes.predict import predict_submission, submission_order
 from seed_way import seed_tta_logits
+
+from potholes.data.dataset import find_dataset, read_image
+from potholes.inference.ensemble import (
+    EnsembleConfig,
+    EnsemblePredictor,
+    resize_batch,
+    tta_logits,
+)
+from potholes.stages.predict import predict_submission, submission_order
 
 
 def main() -> None:

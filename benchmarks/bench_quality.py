@@ -25,8 +25,8 @@ def threshold_order_dice(data: Path, version: int) -> dict:
     import mlflow
     import numpy as np
 
-    from potholes import postprocess as pp
-    from potholes.data import file_number, list_images, read_image, read_mask
+    from potholes.data.dataset import file_number, list_images, read_image, read_mask
+    from potholes.inference import postprocess as pp
 
     if not (data / "test" / "mask").is_dir():
         return {}

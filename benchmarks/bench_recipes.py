@@ -22,8 +22,8 @@ from pathlib import Path
 
 from common import dataset, parser, report
 
-from potholes import augment
-from potholes.models import LITE1, LITE2
+from potholes.inference.networks import LITE1, LITE2
+from potholes.training import augment
 
 SEED_TRANSFORM = augment.train_transform
 
@@ -64,7 +64,7 @@ SMP_CLASSES: dict = {}
 
 def use_architecture(changes: dict | None) -> None:
     """Build smp's classes with ``changes``' keyword arguments from now on (None restores them);
-    `potholes.models.build_model` looks the class up at each call."""
+    `potholes.training.models.build_model` looks the class up at each call."""
     import functools
 
     import segmentation_models_pytorch as smp
@@ -98,8 +98,8 @@ def use_affine(affine: dict | None) -> None:
 
 
 def train_once(data: Path, model: str, preset: str, steps: int | None, seed: int, overrides: dict) -> dict:
-    from potholes.config import resolve_config
-    from potholes.train import run_train
+    from potholes.stages.train import run_train
+    from potholes.training.config import resolve_config
 
     config = resolve_config(model, preset, seed=seed, **({"steps": steps} | overrides))
     start = time.perf_counter()
@@ -119,7 +119,7 @@ def main() -> None:
     args = p.parse_args()
     if args.quick:
         args.preset, args.steps, args.candidates = "smoke", 4, ["base", "geo_strong"]
-    from potholes import tracking
+    from potholes.tracking import runs as tracking
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

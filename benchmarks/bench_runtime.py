@@ -17,14 +17,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from common import dataset, parser, report, untrained_checkpoints
-from potholes import openvino_runner
-from potholes.data import find_dataset, read_image
-from potholes.ensemble import MEMBERS, EnsembleConfig, EnsemblePredictor, resize_batch
-from potholes.onnx_export import FlipTTA, export_members, sample_batch
-from potholes.ort_runner import OnnxMembers, cpu_cores, session_options
-from potholes.postprocess import dice_score
+
+from potholes.data.dataset import find_dataset, read_image
+from potholes.inference import openvino as openvino_runner
+from potholes.inference.ensemble import (
+    MEMBERS,
+    EnsembleConfig,
+    EnsemblePredictor,
+    resize_batch,
+)
+from potholes.inference.export import FlipTTA, export_members, sample_batch
+from potholes.inference.onnx_runtime import OnnxMembers, session_options
+from potholes.inference.postprocess import dice_score
+from potholes.inference.runtime import cpu_cores
 
 
 def matmul_peak_gflops(size: int = 2048, repeat: int = 5) -> float:

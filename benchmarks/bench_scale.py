@@ -20,7 +20,7 @@ from common import dataset, parser, report, stage_seconds
 
 def repeated_dataset(source: Path, out: Path, n_train: int, n_test: int) -> Path:
     """``n_train`` / ``n_test`` pairs linking to the photos of ``source``, cycled, numbered 1..N."""
-    from potholes.data import build_manifest, file_number, list_images
+    from potholes.data.dataset import build_manifest, file_number, list_images
 
     pairs = build_manifest(source, progress=False).manifest
     pairs = [(source / r.image_path, source / r.mask_path) for r in pairs.itertuples()]

@@ -13,16 +13,15 @@ from pathlib import Path
 
 import numpy as np
 import requests
-
 from common import ModelServer, dataset, parser, report, untrained_checkpoints
 
 
 def register(tmp: Path, example: Path, img_size: int) -> str:
     import mlflow
 
-    from potholes import tracking
-    from potholes.ensemble import EnsembleConfig, EnsemblePredictor
-    from potholes.registry import log_and_register
+    from potholes.inference.ensemble import EnsembleConfig, EnsemblePredictor
+    from potholes.tracking import runs as tracking
+    from potholes.tuning.registry import log_and_register
 
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     os.environ["MLFLOW_TRACKING_URI"] = uri
@@ -108,7 +107,7 @@ def main() -> None:
 
         import mlflow
 
-        from potholes.predict import predict_submission
+        from potholes.stages.predict import predict_submission
 
         predictor = mlflow.pyfunc.load_model("models:/bench-ensemble/1").unwrap_python_model().predictor
         order = [(p.name, p) for p in images]

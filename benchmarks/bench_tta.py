@@ -24,7 +24,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-
 from common import dataset, parser, report
 
 THRESHOLDS = (0.3, 0.35, 0.4, 0.45)  # tune's default range, in steps
@@ -45,7 +44,7 @@ def view_logits(model, images: np.ndarray, mean, std, flips: str, size: int) -> 
     import cv2
     import torch
 
-    from potholes.augment import normalize_batch
+    from potholes.inference.normalize import normalize_batch
 
     out = []
     with torch.inference_mode():
@@ -60,7 +59,9 @@ def view_logits(model, images: np.ndarray, mean, std, flips: str, size: int) -> 
 
 
 def best_blend(logits: dict, masks: np.ndarray, min_area: int) -> tuple[float, float, float]:
-    from potholes.tune import score  # a tune trial's score: blend, threshold, clean, mean Dice
+    from potholes.tuning.search import (
+        score,  # a tune trial's score: blend, threshold, clean, mean Dice
+    )
 
     scores = {(w, t): score(logits, masks, float(w), t, min_area)
               for w in np.round(np.arange(0.2, 0.81, 0.1), 1) for t in THRESHOLDS}
@@ -74,11 +75,16 @@ def store_rows(store: Path, data: Path) -> tuple[list[dict], dict, np.ndarray, i
     import mlflow
     import torch
 
-    from potholes import tracking
-    from potholes.data import build_manifest
-    from potholes.models import load_checkpoint
-    from potholes.training_data import load_split
-    from potholes.tune import TuneConfig, download_best_checkpoint, latest_train_run, min_area_range
+    from potholes.data.dataset import build_manifest
+    from potholes.inference.networks import load_checkpoint
+    from potholes.tracking import runs as tracking
+    from potholes.training.loader import load_split
+    from potholes.tuning.search import (
+        TuneConfig,
+        download_best_checkpoint,
+        latest_train_run,
+        min_area_range,
+    )
 
     mlflow.set_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")
     prepared = build_manifest(str(data), 0.15, 42, progress=False)
@@ -112,7 +118,7 @@ def store_rows(store: Path, data: Path) -> tuple[list[dict], dict, np.ndarray, i
 def member_rows(pools: dict[str, dict], masks: np.ndarray, min_area: int) -> list[dict]:
     """Equal-weight blends of every combination of members across stores (same validation split),
     at the best threshold of the grid: does a third or fourth member pay over the product's pair?"""
-    from potholes import postprocess as pp
+    from potholes.inference import postprocess as pp
 
     logits = {f"{name}@{store}": pool[name] for store, pool in pools.items() for name in pool}
     rows = []
@@ -135,9 +141,9 @@ def main() -> None:
         data = dataset(args, Path(tmp), n_train=16, n_test=4, size=64)
         stores = [Path(s).resolve() for s in args.stores]
         if args.quick:  # two smoke members in a fresh store
-            from potholes import tracking
-            from potholes.config import resolve_config
-            from potholes.train import run_train
+            from potholes.stages.train import run_train
+            from potholes.tracking import runs as tracking
+            from potholes.training.config import resolve_config
 
             store = Path(tmp) / "quick"
             store.mkdir()

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import optuna
-
 from common import dataset, parser, report, untrained_checkpoints
-from potholes import postprocess as pp
-from potholes.data import build_manifest
-from potholes.ensemble import EnsembleConfig, EnsemblePredictor
-from potholes.train import load_split
-from potholes.tune import SearchSpace, make_objective
 from seed_way import seed_tta_logits
+
+from potholes.data.dataset import build_manifest
+from potholes.inference import postprocess as pp
+from potholes.inference.ensemble import EnsembleConfig, EnsemblePredictor
+from potholes.training.loader import load_split
+from potholes.tuning.search import SearchSpace, make_objective
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

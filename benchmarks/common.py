@@ -14,6 +14,10 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+# The seed's reference code and the model-server helper live with the tests; the scripts use them too.
+sys.path.insert(0, str(REPO / "tests"))
+from helpers import ModelServer, free_port, wait_until_answering  # noqa: E402,F401
+
 RESULTS = HERE / "results"
 DEFAULT_REAL_DATA = REPO.parent / "shared" / "data" / "potholes"
 sys.path.insert(0, str(HERE))
@@ -33,7 +37,7 @@ def dataset(args, tmp: Path, n_train: int = 40, n_test: int = 12, size: int = 25
     real = Path(args.data_dir)
     if not args.quick and (real / "train" / "images").is_dir():
         return real
-    from potholes.synth import generate
+    from potholes.data.synthetic import generate
 
     return generate(tmp / "synth", n_train=n_train, n_test=n_test, size=size, seed=1)
 
@@ -69,9 +73,9 @@ def seconds_per_train_step(config, steps: int, precision: str = "fp32") -> float
     oneDNN creates its primitives on the first call."""
     import torch
 
-    from potholes.budget import plan_training
-    from potholes.losses import criterion
-    from potholes.train import autocast, init_state
+    from potholes.training.loop import autocast, init_state
+    from potholes.training.losses import criterion
+    from potholes.training.schedule import plan_training
 
     device = torch.device("cpu")
     state = init_state(config, plan_training(train_images=64, batch_size=config.batch_size, steps=steps + 1), device)
@@ -101,8 +105,9 @@ def untrained_checkpoints(folder: Path, img_size: int) -> dict[str, Path]:
     depend on the weights, so timing rows need no training."""
     import torch
 
-    from potholes.config import resolve_config
-    from potholes.models import build_model, save_checkpoint
+    from potholes.inference.networks import save_checkpoint
+    from potholes.training.config import resolve_config
+    from potholes.training.models import build_model
 
     torch.manual_seed(0)
     dirs = {}
@@ -147,66 +152,3 @@ def _fmt(value) -> str:
     return "" if value is None else str(value)
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until_answering(process, url: str, timeout: float, on_failure, what: str) -> None:
-    """Poll ``url`` until it answers 200; if the server exits or ``timeout`` passes first, call
-    ``on_failure`` (which stops it) and raise with ``what`` and the server's log."""
-    import requests
-
-    deadline = time.time() + timeout
-    while True:
-        try:
-            if requests.get(url, timeout=2).status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        if process.poll() is not None or time.time() > deadline:
-            tail = on_failure()
-            raise RuntimeError(f"{what} did not answer {url}: {tail}")
-        time.sleep(0.5)
-
-
-class ModelServer:
-    """`mlflow models serve` for ``model_uri`` on a free loopback port; a context manager that
-    waits for /ping and stops the server (and its workers) by its process group."""
-
-    def __init__(self, model_uri: str, tracking_uri: str, log_path: Path | None = None, timeout: float = 120):
-        self.model_uri, self.tracking_uri, self.log_path, self.timeout = model_uri, tracking_uri, log_path, timeout
-        self.url = ""
-
-    def __enter__(self) -> "ModelServer":
-        import subprocess
-
-
-        port = free_port()
-        env = {**os.environ, "MLFLOW_TRACKING_URI": self.tracking_uri,
-               "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-        self._log = open(self.log_path, "w") if self.log_path else subprocess.DEVNULL
-        self.process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", self.model_uri,
-             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
-            env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.url = f"http://127.0.0.1:{port}"
-
-        def stop():
-            self.__exit__(None, None, None)
-            return Path(self.log_path).read_text()[-2000:] if self.log_path else ""
-
-        wait_until_answering(self.process, f"{self.url}/ping", self.timeout, stop, "`mlflow models serve`")
-        return self
-
-    def __exit__(self, *exc) -> None:
-        import signal
-
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-        self.process.wait(timeout=30)
-        if self.log_path:
-            self._log.close()

@@ -1,31 +1,11 @@
 import os
-import sys
-from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))  # the seed's reference implementations live there
-
 from pg import postgres_server, postgres_url  # noqa: E402,F401  fixtures: a throwaway PostgreSQL (tests/pg.py)
-
-REAL_DATA = Path(os.environ.get("POTHOLES_REAL_DATA", REPO.parent / "shared" / "data" / "potholes"))
-needs_real_data = pytest.mark.skipif(
-    not (REAL_DATA / "train" / "images").is_dir(),
-    reason=f"real dataset not found at {REAL_DATA} (set POTHOLES_REAL_DATA)",
-)
-
-
-def cli_env(tmp_path, **extra) -> dict:
-    """Environment for subprocess runs as a user with the venv activated and a private store."""
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", **extra}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
-        env.pop(var, None)
-    return env
 
 
 @pytest.fixture
@@ -51,7 +31,7 @@ def tracking_store(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="session")
 def synth_data(tmp_path_factory):
-    from potholes.synth import generate
+    from potholes.data.synthetic import generate
 
     return generate(tmp_path_factory.mktemp("synth") / "data", n_train=24, n_test=6, size=96, seed=3)
 
@@ -63,10 +43,11 @@ def smoke_store(tmp_path_factory, synth_data):
 
     import mlflow
 
-    from potholes import tracking as tracking_mod
-    from potholes.config import resolve_config
-    from potholes.train import run_train
-    from potholes.tune import TuneConfig, run_tune
+    from potholes.stages.train import run_train
+    from potholes.stages.tune import run_tune
+    from potholes.tracking import runs as tracking_mod
+    from potholes.training.config import resolve_config
+    from potholes.tuning.search import TuneConfig
 
     workdir = tmp_path_factory.mktemp("store")
     uri = f"sqlite:///{workdir / 'mlflow.db'}"

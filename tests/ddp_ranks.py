@@ -6,9 +6,11 @@ import os
 import numpy as np
 import torch
 
-from potholes import augment, distributed
-from potholes import train as train_mod
-from potholes.config import resolve_config
+from potholes.training import augment, distributed
+from potholes.training import loop as train_mod
+from potholes.training.config import resolve_config
+from potholes.training.loader import SegmentationDataset, make_loader
+from potholes.training.losses import criterion
 
 
 def tiny_model() -> torch.nn.Module:
@@ -32,9 +34,9 @@ N_TRAIN, N_VAL = 9, 5  # uneven on purpose: the stream runs across passes; valid
 
 
 def datasets(config):
-    return (train_mod.SegmentationDataset(*arrays(N_TRAIN, 1), config.mean, config.std,
+    return (SegmentationDataset(*arrays(N_TRAIN, 1), config.mean, config.std,
                                           augment.train_transform(config.seed), config.seed),
-            train_mod.SegmentationDataset(*arrays(N_VAL, 2), config.mean, config.std))
+            SegmentationDataset(*arrays(N_VAL, 2), config.mean, config.std))
 
 
 def rank_worker(rank: int, port: int, out_dir: str) -> None:
@@ -50,12 +52,12 @@ def rank_worker(rank: int, port: int, out_dir: str) -> None:
         # lr 0: the weights stay put, so each batch's loss is what one process computes for that batch
         optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
         train_set, val_set = datasets(config)
-        loader = train_mod.make_loader(train_set, config, train=True, rank=rank, world_size=2, steps_per_round=2)
+        loader = make_loader(train_set, config, train=True, rank=rank, world_size=2, steps_per_round=2)
         loader.sampler.set_round(3)
-        loss_fn = train_mod.criterion(config)
+        loss_fn = criterion(config)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
         trained = train_mod.train_round(parallel, loader, optimizer, scheduler, loss_fn, device, progress=False)
-        val_loader = train_mod.make_loader(val_set, config, train=False, rank=rank, world_size=2)
+        val_loader = make_loader(val_set, config, train=False, rank=rank, world_size=2)
         validated = train_mod.evaluate(model, val_loader, loss_fn, 0.4, device)
         torch.save({"train": trained, "val": validated, "state": model.state_dict(),
                     "val_batches": [len(masks) for _, masks in val_loader]}, f"{out_dir}/rank{rank}.pt")

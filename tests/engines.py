@@ -31,7 +31,7 @@ def need_modules(*modules: str) -> None:
 def need_java() -> str:
     """JAVA_HOME of a Java that Spark 4 accepts, or skip/fail saying how to get one."""
     need_modules("pyspark")
-    from potholes.spark_scoring import SparkSetupError, find_java
+    from potholes.scale.spark import SparkSetupError, find_java
 
     try:
         return find_java()

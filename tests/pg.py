@@ -35,7 +35,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from engines import SCALE_INSTALL, missing, need_modules
 
 SERVICE_ACCOUNT = "potholes-pg"

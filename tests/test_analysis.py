@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from potholes import analysis
+from potholes.data import statistics as analysis
 
 
 def manifest():

@@ -5,8 +5,7 @@ import subprocess
 import sys
 
 import pytest
-
-from conftest import REPO, cli_env
+from helpers import REPO, cli_env
 
 SCRIPTS = {
     "bench_postprocess.py": ("postprocess", lambda r: all(row["same_output"] for row in r["rows"])),
@@ -29,6 +28,9 @@ SCRIPTS = {
     "bench_gpu.py": ("gpu", lambda r: r["rows"][0]["variant"] == "full_lite2" and 0 <= r["rows"][0]["test_dice"] <= 1
                      and all(t["encoder"] == "tu-tf_efficientnet_lite2" and t["img_size"] == "64"
                              and t["mean"] == "0.5,0.5,0.5" for t in r["rows"][0]["trained"].values())),
+    "bench_served_model.py": ("served_model", lambda r: [row["model"] for row in r["rows"]] == ["before", "after"]
+                              and r["rows"][1]["pinned_packages"] < r["rows"][0]["pinned_packages"]
+                              and r["rows"][1]["shipped_py_files"] < r["rows"][0]["shipped_py_files"]),
     "bench_scale.py": ("scale", lambda r: r["rows"][0]["train_pairs"] == 30 and r["rows"][0]["wall_seconds"] > 0),
 }
 

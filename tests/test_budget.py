@@ -6,8 +6,8 @@ import collections
 import pytest
 import torch
 
-from potholes.budget import VALIDATION_BUDGET, plan_training, warmup_cosine
-from potholes.training_data import StepSampler
+from potholes.training.loader import StepSampler
+from potholes.training.schedule import VALIDATION_BUDGET, plan_training, warmup_cosine
 
 
 @pytest.mark.parametrize("train_images", [42, 202, 1700])

@@ -1,6 +1,6 @@
 import pytest
 
-from potholes.config import LITE0_MEAN, ConfigError, resolve_config
+from potholes.training.config import LITE0_MEAN, ConfigError, resolve_config
 
 
 def test_full_preset_is_the_seed_recipe():

@@ -4,8 +4,8 @@ import cv2
 import numpy as np
 import pytest
 
-from potholes import data
-from potholes.data import DatasetError
+from potholes.data import dataset as data
+from potholes.data.dataset import DatasetError
 
 
 def write_pair(root: Path, number, image=None, mask=None, image_name=None, mask_name=None, size=(32, 40)):

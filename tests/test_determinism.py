@@ -6,9 +6,11 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from potholes import augment, tracking
-from potholes import train as train_mod
-from potholes.config import resolve_config
+from potholes.stages.train import run_train
+from potholes.tracking import runs as tracking
+from potholes.training import augment
+from potholes.training.config import resolve_config
+from potholes.training.loader import SegmentationDataset, make_loader
 
 
 def road_image(size: int = 64) -> tuple[np.ndarray, np.ndarray]:
@@ -37,7 +39,7 @@ def test_pipeline_children_share_one_stream_not_one_seed():
 
 def test_augmentation_is_a_function_of_seed_pass_and_index():
     image, mask = road_image()
-    dataset = train_mod.SegmentationDataset(np.stack([image] * 4), np.stack([mask] * 4), (0.5,) * 3, (0.5,) * 3,
+    dataset = SegmentationDataset(np.stack([image] * 4), np.stack([mask] * 4), (0.5,) * 3, (0.5,) * 3,
                                             augment.train_transform(7), seed=7)
     first = [dataset[(1, i)][0] for i in range(4)]
     again = [dataset[(1, i)][0] for i in range(4)]
@@ -55,7 +57,7 @@ def test_crops_are_seeded_and_keep_image_and_mask_aligned():
     blocks = (rng.random((4, 8, 8)) > 0.5).astype(np.uint8)  # 8 px squares: interpolation only touches their edges
     masks = np.kron(blocks, np.ones((1, 8, 8), np.uint8))
     images = np.repeat((masks * 200 + 20)[..., None], 3, axis=-1).astype(np.uint8)
-    dataset = train_mod.SegmentationDataset(images, masks, (0.5,) * 3, (0.5,) * 3,
+    dataset = SegmentationDataset(images, masks, (0.5,) * 3, (0.5,) * 3,
                                             augment.train_transform(3, crop_size=32), seed=3)
     crops = [dataset[(1, i)] for i in range(4)]
     for (image, mask), (again, _) in zip(crops, [dataset[(1, i)] for i in range(4)]):
@@ -74,16 +76,16 @@ def collect(loader, round_: int) -> list[torch.Tensor]:
 def test_two_workers_draw_different_augmentations_and_match_one_process():
     image, mask = road_image()
     n = 8
-    dataset = train_mod.SegmentationDataset(np.stack([image] * n), np.stack([mask] * n), (0.5,) * 3, (0.5,) * 3,
+    dataset = SegmentationDataset(np.stack([image] * n), np.stack([mask] * n), (0.5,) * 3, (0.5,) * 3,
                                             augment.train_transform(3), seed=3)
     config = resolve_config("unetpp", "smoke", batch_size=1, num_workers=2, seed=3)
-    two = collect(train_mod.make_loader(dataset, config, train=True, steps_per_round=n), round_=1)
+    two = collect(make_loader(dataset, config, train=True, steps_per_round=n), round_=1)
     # batches alternate between the two workers: items 0 and 1 are each worker's first draw,
     # which were identical when every spawned worker started from the same state
     assert not torch.equal(two[0], two[1])
     distinct = {t.numpy().tobytes() for t in two}
     assert len(distinct) >= n - 1  # identical images, (almost) all augmented differently
-    single = collect(train_mod.make_loader(dataset, resolve_config("unetpp", "smoke", batch_size=1, num_workers=0,
+    single = collect(make_loader(dataset, resolve_config("unetpp", "smoke", batch_size=1, num_workers=0,
                                                                    seed=3), train=True, steps_per_round=n), round_=1)
     for a, b in zip(two, single):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
@@ -100,7 +102,7 @@ def test_same_seed_same_curves_with_two_workers_another_seed_differs(tracking_st
     runs = []
     for seed in (11, 11, 12):
         config = resolve_config("deeplab", "smoke", epochs=2, num_workers=2, seed=seed)
-        runs.append(curves(train_mod.run_train(config, str(synth_data), progress=False)["run_id"]))
+        runs.append(curves(run_train(config, str(synth_data), progress=False)["run_id"]))
     for key in runs[0]:
         assert len(runs[0][key]) == 2
         np.testing.assert_allclose(runs[0][key], runs[1][key], rtol=0, atol=1e-6, err_msg=key)
@@ -113,13 +115,13 @@ def test_bf16_recipe_is_reproducible_differs_from_fp32_and_keeps_fp32_weights(tr
     kept weights are fp32, as tune, predict and serving expect."""
     import mlflow
 
-    from potholes.models import load_checkpoint
+    from potholes.inference.networks import load_checkpoint
 
     tracking.configure()
     runs = {}
     for name, precision in (("bf16", "bf16"), ("again", "bf16"), ("fp32", "fp32")):
         config = resolve_config("unetpp", "smoke", precision=precision, ema=0.9, loss="tversky_focal", steps=8, seed=5)
-        runs[name] = train_mod.run_train(config, str(synth_data), progress=False)["run_id"]
+        runs[name] = run_train(config, str(synth_data), progress=False)["run_id"]
     got = {name: curves(run_id) for name, run_id in runs.items()}
     for key in got["bf16"]:
         np.testing.assert_allclose(got["bf16"][key], got["again"][key], rtol=0, atol=1e-6, err_msg=key)
@@ -135,7 +137,7 @@ def test_bf16_recipe_is_reproducible_differs_from_fp32_and_keeps_fp32_weights(tr
 @pytest.mark.slow
 def test_the_whole_main_twice_gives_the_same_metrics(tracking_store, synth_data, tmp_path):
     """train (both models), tune and predict: every Dice and every curve, to 1e-6."""
-    from potholes.pipeline import run_main
+    from potholes.stages.main import run_main
 
     tracking.configure()
     results = [run_main(str(synth_data), preset="smoke", n_trials=5, output=str(tmp_path / f"submission{i}.csv"),

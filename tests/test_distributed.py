@@ -11,16 +11,17 @@ import numpy as np
 import psutil
 import pytest
 import torch
+from ddp_ranks import CONFIG, datasets, rank_worker, tiny_model
+from helpers import cli_env, curves, train_runs, wait_for
 from mlflow.tracking import MlflowClient
 
-from conftest import cli_env
-from ddp_ranks import CONFIG, datasets, rank_worker, tiny_model
-from potholes import distributed, resume
-from potholes import train as train_mod
-from potholes.config import resolve_config
-from potholes.data import build_manifest
-from potholes.models import load_checkpoint
-from test_interruptions import curves, train_runs, wait_for
+from potholes.data.dataset import build_manifest
+from potholes.inference.networks import load_checkpoint
+from potholes.training import distributed, resume
+from potholes.training import loop as train_mod
+from potholes.training.config import resolve_config
+from potholes.training.loader import SegmentationDataset, load_split, make_loader
+from potholes.training.losses import criterion
 
 
 def test_launcher_reruns_the_same_command_under_torchrun_without_nproc():
@@ -57,11 +58,11 @@ def test_two_ranks_reduce_train_loss_and_validate_each_image_once(tmp_path):
 
     config = resolve_config(**CONFIG)
     train_set, val_set = datasets(config)
-    loss_fn = train_mod.criterion(config)
+    loss_fn = criterion(config)
     # train_loss: the mean over both ranks' batches, each computed here with the untouched weights
     model, total, seen = tiny_model().train(), 0.0, 0
     for rank in (0, 1):
-        loader = train_mod.make_loader(train_set, config, train=True, rank=rank, world_size=2, steps_per_round=2)
+        loader = make_loader(train_set, config, train=True, rank=rank, world_size=2, steps_per_round=2)
         loader.sampler.set_round(3)
         with torch.no_grad():
             for images, masks in loader:
@@ -78,7 +79,7 @@ def test_two_ranks_reduce_train_loss_and_validate_each_image_once(tmp_path):
 
     # validation: every image once, the same numbers as one process evaluating the whole set
     model.load_state_dict(ranks[0]["state"])
-    single = train_mod.evaluate(model, train_mod.make_loader(val_set, config, train=False), loss_fn, 0.4,
+    single = train_mod.evaluate(model, make_loader(val_set, config, train=False), loss_fn, 0.4,
                                 torch.device("cpu"))
     for rank in ranks:
         assert rank["val"] == pytest.approx(single, rel=1e-12)
@@ -150,12 +151,12 @@ def test_torchrun_trains_one_run_deterministically_survives_a_lost_rank_and_resu
     model, _ = load_checkpoint(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="checkpoints/best",
                                                                    dst_path=str(tmp_path / "best")))
     prepared = build_manifest(synth_data, val_fraction=0.4, progress=False)
-    images, masks = train_mod.load_split(prepared.layout.root, prepared.manifest, "val", 64, progress=False)
+    images, masks = load_split(prepared.layout.root, prepared.manifest, "val", 64, progress=False)
     assert len(images) == 10
     scores = train_mod.evaluate(model.to(memory_format=torch.channels_last),
-                                train_mod.make_loader(train_mod.SegmentationDataset(images, masks, config.mean, config.std),
+                                make_loader(SegmentationDataset(images, masks, config.mean, config.std),
                                                       config, train=False),
-                                train_mod.criterion(config), 0.4, torch.device("cpu"))
+                                criterion(config), 0.4, torch.device("cpu"))
     metrics = client.get_run(run_id).data.metrics
     best_step = int(metrics["best_step"])
     assert scores["val_dice"] == pytest.approx(metrics["best_val_dice"], abs=1e-9)

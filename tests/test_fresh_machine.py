@@ -10,9 +10,8 @@ from pathlib import Path
 import mlflow
 import optuna
 import pytest
+from helpers import REPO, cli_env
 from mlflow.tracking import MlflowClient
-
-from conftest import REPO, cli_env
 
 MLFLOW = str(Path(sys.executable).parent / "mlflow")
 
@@ -104,7 +103,7 @@ def test_make_demo_keeps_its_data_runs_and_model_apart():
 
 
 def test_the_demo_preset_is_a_demo_sized_budget():
-    from potholes.config import resolve_config
+    from potholes.training.config import resolve_config
 
     for model in ("unetpp", "deeplab"):
         demo, cpu = resolve_config(model, "demo", cuda_available=False), resolve_config(model, "cpu", cuda_available=False)

@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from potholes import instances
-from potholes.ort_runner import resolve_runtime
-from potholes.params import ParamError, check_min_area, check_threshold
-from potholes.postprocess import probability_to_mask
+from potholes.inference import potholes as instances
+from potholes.inference.postprocess import probability_to_mask
+from potholes.inference.runtime import resolve_runtime
+from potholes.serving.params import ParamError, check_min_area, check_threshold
 
 
 def blobs() -> np.ndarray:

@@ -4,48 +4,17 @@ lost, the result equals an uninterrupted run's, and no run stays RUNNING."""
 import signal
 import subprocess
 import sys
-import time
 
 import mlflow
 import numpy as np
 import optuna
 import pytest
+from helpers import cli_env, curves, potholes, round_steps, train_runs, wait_for
 from mlflow.tracking import MlflowClient
 
-from conftest import cli_env
-from test_train import round_steps
-from potholes import tracking
+from potholes.tracking import runs as tracking
 
 TRAIN = ["train", "--model", "deeplab", "--preset", "smoke", "--epochs", "4", "--seed", "5"]
-
-
-def potholes(*args, env, cwd, check=True) -> subprocess.CompletedProcess:
-    out = subprocess.run([sys.executable, "-m", "potholes", *args], capture_output=True, text=True, env=env, cwd=cwd)
-    if check:
-        assert out.returncode == 0, out.stderr[-3000:]
-    return out
-
-
-def wait_for(condition, timeout: float = 300.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def curves(run_id: str) -> dict[str, list[tuple[int, float]]]:
-    client = MlflowClient()
-    return {key: [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
-            for key in ("train_loss", "val_loss", "val_dice")}
-
-
-def train_runs(uri: str) -> list:
-    mlflow.set_tracking_uri(uri)
-    return mlflow.search_runs(search_all_experiments=True, filter_string="tags.`potholes.stage` = 'train'",
-                              order_by=["attributes.start_time ASC"], output_format="list")
 
 
 @pytest.mark.slow

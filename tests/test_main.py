@@ -7,9 +7,8 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
+from helpers import REPO, cli_env
 from mlflow.tracking import MlflowClient
-
-from conftest import REPO, cli_env
 
 
 @pytest.mark.slow

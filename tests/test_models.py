@@ -4,11 +4,16 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from helpers import REPO
 
-from conftest import REPO
-from potholes import augment
-from potholes.models import (WeightsUnavailable, build_model, freeze_encoder, lite_timm_state_dict, load_checkpoint,
-                             save_checkpoint)
+from potholes.inference.networks import load_checkpoint, save_checkpoint
+from potholes.training import augment
+from potholes.training.models import (
+    WeightsUnavailable,
+    build_model,
+    freeze_encoder,
+    lite_timm_state_dict,
+)
 
 REFERENCE = glob.glob(str(REPO.parent / "shared" / "weights" / "hf_cache" / "models--timm--tf_efficientnet_lite0.in1k"
                           / "snapshots" / "*" / "model.safetensors"))

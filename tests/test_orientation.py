@@ -12,11 +12,11 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageOps
 
-from potholes.data import build_manifest, read_image
-from potholes.images import apply_orientation, decode_image, read_mask
-from potholes.postprocess import rle_decode
-from potholes.predict import PredictConfig, run_predict
-from potholes.training_data import load_split
+from potholes.data.dataset import build_manifest, read_image
+from potholes.data.images import apply_orientation, decode_image, read_mask
+from potholes.inference.postprocess import rle_decode
+from potholes.stages.predict import PredictConfig, run_predict
+from potholes.training.loader import load_split
 
 # Stored pixels -> displayed image for orientation 6 (the usual portrait phone photo): a
 # 90-degree clockwise turn, so the stored array is the displayed one turned counter-clockwise.

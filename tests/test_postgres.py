@@ -4,7 +4,6 @@ Optuna's RDBStorage and MLflow's store all use; it listens on loopback only and 
 import socket
 
 import psutil
-
 from pg import PostgresServer
 
 

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
-
-from potholes import postprocess as pp
 from seed_way import remove_small_components_seed, rle_encode_scan
+
+from potholes.inference import postprocess as pp
 
 
 def random_mask(rng, shape=(97, 131), density=0.45, blur=True):
@@ -83,7 +83,7 @@ def test_scaled_min_area_and_blend():
 
 def test_logit_space_threshold_matches_probability_threshold():
     """tune thresholds blended logits at log(t/(1-t)) instead of sigmoid(blend) at t."""
-    from potholes.tune import score
+    from potholes.tuning.search import score
 
     rng = np.random.default_rng(0)
     logits = {"unetpp": rng.normal(0, 3, (5, 32, 32)), "deeplab": rng.normal(0, 3, (5, 32, 32))}

@@ -6,18 +6,11 @@ import cv2
 import mlflow
 import numpy as np
 import pytest
+from helpers import REAL_DATA, REPO, artifacts, cli_env, needs_real_data
 from mlflow.tracking import MlflowClient
 
-from conftest import REAL_DATA, REPO, cli_env, needs_real_data
-from potholes import tracking
-from potholes.prepare import run_prepare
-
-
-def artifacts(run_id: str, path: str = "") -> set[str]:
-    out = set()
-    for item in MlflowClient().list_artifacts(run_id, path):
-        out |= artifacts(run_id, item.path) if item.is_dir else {item.path}
-    return out
+from potholes.stages.prepare import run_prepare
+from potholes.tracking import runs as tracking
 
 
 def check_prepare_run(run_id: str, expected_pairs: int) -> dict:

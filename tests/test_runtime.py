@@ -12,13 +12,13 @@ import pandas as pd
 import pytest
 import yaml
 
-from potholes.data import read_image
-from potholes.ensemble import resize_batch
-from potholes.openvino_runner import OpenVinoMembers, native_bf16
-from potholes.ort_runner import resolve_runtime
-from potholes.params import ParamError
-from potholes.postprocess import dice_score
-from potholes.predict import PredictConfig, run_predict
+from potholes.data.dataset import read_image
+from potholes.inference.ensemble import resize_batch
+from potholes.inference.openvino import OpenVinoMembers, native_bf16
+from potholes.inference.postprocess import dice_score
+from potholes.inference.runtime import resolve_runtime
+from potholes.serving.params import ParamError
+from potholes.stages.predict import PredictConfig, run_predict
 
 CHAMPION = "models:/pothole-ensemble@champion"
 

@@ -7,11 +7,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import requests
+from helpers import ModelServer
 
-from common import ModelServer
-
-from potholes.predict import PredictConfig, run_predict
-from potholes.serving import MAX_IMAGE_PIXELS, MAX_REQUEST_ROWS, OUTPUT_COLUMNS
+from potholes.serving.requests import MAX_IMAGE_PIXELS, MAX_REQUEST_ROWS, OUTPUT_COLUMNS
+from potholes.stages.predict import PredictConfig, run_predict
 
 
 @pytest.fixture

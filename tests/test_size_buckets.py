@@ -4,11 +4,11 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import artifacts
 from mlflow.tracking import MlflowClient
 
-from potholes import size_buckets
-from potholes.predict import PredictConfig, run_predict
-from test_prepare import artifacts
+from potholes.reporting import size_buckets
+from potholes.stages.predict import PredictConfig, run_predict
 
 
 def test_buckets_follow_the_true_area_share():

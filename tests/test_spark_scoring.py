@@ -10,14 +10,13 @@ import mlflow
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-
-from conftest import cli_env
 from engines import need_java, need_modules
+from helpers import cli_env
 from pg import free_port
 
 from potholes.cli import cli
-from potholes.predict import PredictConfig, run_predict
-from potholes.spark_scoring import SparkSetupError, check_master, preflight
+from potholes.scale.spark import SparkSetupError, check_master, preflight
+from potholes.stages.predict import PredictConfig, run_predict
 
 
 def param(run, name: str):

@@ -10,10 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import requests
-
-from common import ModelServer
-from conftest import REPO, cli_env
 from engines import need_modules
+from helpers import REPO, ModelServer, cli_env
 from tracking_server import TrackingServer
 
 

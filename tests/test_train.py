@@ -5,25 +5,20 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
+from helpers import REPO, artifacts, cli_env, round_steps
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO, cli_env
-from potholes import resume, tracking
-from potholes import losses
-from potholes import train as train_mod
-from potholes.config import ConfigError, resolve_config
-from potholes.data import build_manifest
-from potholes.models import lite_timm_state_dict, load_checkpoint
-from test_prepare import artifacts
+from potholes.data.dataset import build_manifest
+from potholes.inference.networks import load_checkpoint
+from potholes.stages.train import run_train
+from potholes.tracking import runs as tracking
+from potholes.training import loop as train_mod
+from potholes.training import losses, resume
+from potholes.training.config import ConfigError, resolve_config
+from potholes.training.loader import SegmentationDataset, load_split, make_loader
+from potholes.training.models import lite_timm_state_dict
 
 PER_ROUND = ("train_loss", "val_loss", "val_dice", "lr", "passes", "round_seconds", "train_images_per_second")
-
-
-def round_steps(run_id: str) -> list[int]:
-    """The optimizer steps at which the run's rounds end, from its logged plan."""
-    params = MlflowClient().get_run(run_id).data.params
-    per_round, rounds = int(params["config.plan.steps_per_round"]), int(params["config.plan.rounds"])
-    return [per_round * r for r in range(1, rounds + 1)]
 
 
 @pytest.mark.parametrize("model", ["unetpp", "deeplab"])
@@ -58,8 +53,8 @@ def test_best_checkpoint_reproduces_logged_val_dice(in_smoke_store, tmp_path):
     assert model_config["arch"] == "deeplab" and model_config["img_size"] == 64
     config = resolve_config("deeplab", "smoke")
     prepared = build_manifest(in_smoke_store.data, progress=False)
-    images, masks = train_mod.load_split(prepared.layout.root, prepared.manifest, "val", 64, progress=False)
-    loader = train_mod.make_loader(train_mod.SegmentationDataset(images, masks, config.mean, config.std), config, train=False)
+    images, masks = load_split(prepared.layout.root, prepared.manifest, "val", 64, progress=False)
+    loader = make_loader(SegmentationDataset(images, masks, config.mean, config.std), config, train=False)
     scores = train_mod.evaluate(model.to(memory_format=torch.channels_last), loader, losses.criterion(config),
                                 0.4, torch.device("cpu"))
     logged = MlflowClient().get_run(result["run_id"]).data.metrics["best_val_dice"]
@@ -127,7 +122,7 @@ def test_interrupt_then_resume_continues_the_same_run(tracking_store, synth_data
     config = resolve_config("unetpp", "smoke", epochs=3)
     interrupt_on_round(monkeypatch, 2, KeyboardInterrupt())
     with pytest.raises(KeyboardInterrupt):
-        train_mod.run_train(config, str(synth_data), progress=False)
+        run_train(config, str(synth_data), progress=False)
     run = mlflow.search_runs(output_format="list")[0]
     run_id = run.info.run_id
     assert run.info.status == "KILLED"
@@ -136,7 +131,7 @@ def test_interrupt_then_resume_continues_the_same_run(tracking_store, synth_data
     monkeypatch.undo()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_store)
     resumed = resolve_config("unetpp", "smoke", epochs=3, resume=run_id)
-    result = train_mod.run_train(resumed, str(synth_data), progress=False)
+    result = run_train(resumed, str(synth_data), progress=False)
     assert result["run_id"] == run_id
     client = MlflowClient()
     assert client.get_run(run_id).info.status == "FINISHED"
@@ -149,25 +144,25 @@ def test_resume_names_every_setting_and_the_data_that_differ(tracking_store, syn
     tracking.configure()
     interrupt_on_round(monkeypatch, 2, KeyboardInterrupt())
     with pytest.raises(KeyboardInterrupt):
-        train_mod.run_train(resolve_config("unetpp", "smoke"), str(synth_data), progress=False)
+        run_train(resolve_config("unetpp", "smoke"), str(synth_data), progress=False)
     run_id = mlflow.search_runs(output_format="list")[0].info.run_id
     other = resolve_config("deeplab", "smoke", lr=0.01, split_seed=7, resume=run_id)
     with pytest.raises(ConfigError) as refused:
-        train_mod.run_train(other, str(synth_data), progress=False)
+        run_train(other, str(synth_data), progress=False)
     message = str(refused.value)
     for difference in ("model: the run has unetpp, this command deeplab", "lr: the run has 0.001, this command 0.01",
                        "split_seed: the run has 42, this command 7", "dataset digest: the run trained on"):
         assert difference in message, message  # all of them in one message
     # the same settings on other data: only the digest differs
-    with pytest.raises(ConfigError, match="1 difference.*dataset digest"):
+    with pytest.raises(ConfigError, match="(?s)1 difference.*dataset digest"):
         resume.check(resolve_config("unetpp", "smoke", resume=run_id), run_id, digest="0" * 8)
     with pytest.raises(ConfigError, match="does not exist"):
-        train_mod.run_train(resolve_config("deeplab", "smoke", resume="0" * 32), str(synth_data), progress=False)
+        run_train(resolve_config("deeplab", "smoke", resume="0" * 32), str(synth_data), progress=False)
 
 
 def test_crop_training_validates_and_keeps_the_whole_image_size(tracking_store, synth_data, tmp_path):
     tracking.configure()
-    result = train_mod.run_train(resolve_config("deeplab", "smoke", img_size=64, crop_size=32, steps=4),
+    result = run_train(resolve_config("deeplab", "smoke", img_size=64, crop_size=32, steps=4),
                                  str(synth_data), progress=False)
     run = MlflowClient().get_run(result["run_id"])
     assert run.info.status == "FINISHED" and run.data.params["config.crop_size"] == "32"
@@ -180,7 +175,7 @@ def test_crop_training_validates_and_keeps_the_whole_image_size(tracking_store, 
 def test_frozen_encoder_layers_keep_their_imagenet_weights(tracking_store, synth_data, tmp_path):
     tracking.configure()
     config = resolve_config("unetpp", "smoke", img_size=64, steps=4, encoder_weights="imagenet", freeze_stride=8)
-    result = train_mod.run_train(config, str(synth_data), progress=False)
+    result = run_train(config, str(synth_data), progress=False)
     run = MlflowClient().get_run(result["run_id"])
     assert run.info.status == "FINISHED" and run.data.params["config.freeze_stride"] == "8"
     folder = mlflow.artifacts.download_artifacts(run_id=result["run_id"], artifact_path="checkpoints/best",
@@ -196,7 +191,7 @@ def test_crash_marks_the_run_failed(tracking_store, synth_data, monkeypatch):
     tracking.configure()
     interrupt_on_round(monkeypatch, 2, RuntimeError("disk full"))
     with pytest.raises(RuntimeError, match="disk full"):
-        train_mod.run_train(resolve_config("deeplab", "smoke"), str(synth_data), progress=False)
+        run_train(resolve_config("deeplab", "smoke"), str(synth_data), progress=False)
     run = mlflow.search_runs(output_format="list")[0]
     assert run.info.status == "FAILED"
     assert "checkpoints/best/model.safetensors" in artifacts(run.info.run_id)

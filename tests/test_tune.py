@@ -5,13 +5,13 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
+from helpers import REAL_DATA, artifacts
 from mlflow.tracking import MlflowClient
 
-from conftest import REAL_DATA
-from potholes import tracking
-from potholes.registry import CHALLENGER, CHAMPION, NOT_COMPARED_TAG, promote
-from potholes.tune import TuneConfig, run_tune
-from test_prepare import artifacts
+from potholes.stages.tune import run_tune
+from potholes.tracking import runs as tracking
+from potholes.tuning.registry import CHALLENGER, CHAMPION, NOT_COMPARED_TAG, promote
+from potholes.tuning.search import TuneConfig
 
 
 def child_runs(parent_id: str):
@@ -49,8 +49,8 @@ def test_registered_model_loads_by_alias_and_predicts(in_smoke_store):
     frame = pd.DataFrame({"image": [base64.b64encode(source.read_bytes()).decode()]})
     out = model.predict(frame)
     assert list(out.columns) == ["rle", "height", "width", "pothole_pixels", "pothole_fraction", "num_potholes", "potholes"]
-    from potholes.data import read_image
-    from potholes.postprocess import rle_decode
+    from potholes.data.dataset import read_image
+    from potholes.inference.postprocess import rle_decode
 
     h, w = read_image(source).shape[:2]
     assert (out.loc[0, "height"], out.loc[0, "width"]) == (h, w)
@@ -143,7 +143,7 @@ def test_tune_rejects_wrong_runs(in_smoke_store, tmp_path):
 
 
 def test_tune_defaults_to_latest_runs_on_the_same_split(in_smoke_store, tmp_path):
-    from potholes.tune import latest_train_run
+    from potholes.tuning.search import latest_train_run
 
     prepared_digest = tracking.run_dataset_digest(in_smoke_store.unetpp["run_id"])
     assert latest_train_run("unetpp", prepared_digest) == in_smoke_store.unetpp["run_id"]
@@ -153,11 +153,11 @@ def test_tune_defaults_to_latest_runs_on_the_same_split(in_smoke_store, tmp_path
 
 def test_cached_logits_score_like_a_full_rerun(in_smoke_store, tmp_path):
     """Blending cached logits gives the same Dice as running the ensemble afresh (the seed's way)."""
-    from potholes import postprocess as pp
-    from potholes.data import build_manifest
-    from potholes.ensemble import EnsembleConfig, EnsemblePredictor
-    from potholes.train import load_split
-    from potholes.tune import download_best_checkpoint, score
+    from potholes.data.dataset import build_manifest
+    from potholes.inference import postprocess as pp
+    from potholes.inference.ensemble import EnsembleConfig, EnsemblePredictor
+    from potholes.training.loader import load_split
+    from potholes.tuning.search import download_best_checkpoint, score
 
     dirs = {m: download_best_checkpoint(getattr(in_smoke_store, m)["run_id"], tmp_path / m) for m in ("unetpp", "deeplab")}
     predictor = EnsemblePredictor.from_checkpoints(dirs, EnsembleConfig(img_size=64))

@@ -7,9 +7,8 @@ import sys
 import mlflow
 import optuna
 import pytest
+from helpers import cli_env
 from mlflow.tracking import MlflowClient
-
-from conftest import cli_env
 
 
 def tune_command(store, storage: str, *extra: str) -> list[str]:
@@ -54,7 +53,7 @@ def test_two_processes_started_at_once_split_a_postgres_study(in_smoke_store, po
 
 
 def test_a_trial_run_cut_short_by_a_kill_is_logged_again_not_left_killed(tracking_store):
-    from potholes import study as shared
+    from potholes.tuning import workers as shared
 
     with mlflow.start_run() as parent:
         pass

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 
 from potholes.cli import cli
-from potholes.config import ConfigError
-from potholes.data import DatasetError
-from potholes.predict import write_csv_atomically
+from potholes.data.dataset import DatasetError
+from potholes.stages.predict import write_csv_atomically
+from potholes.training.config import ConfigError
 
 COMMANDS = ["prepare", "train", "tune", "predict", "main", "synth"]
 
@@ -72,12 +72,12 @@ def test_only_user_errors_become_one_message_others_keep_their_traceback(synth_d
                                                                           raised, code):
     from click.testing import CliRunner
 
-    import potholes.prepare
+    import potholes.stages.prepare
 
     def stage(*args, **kwargs):
         raise raised
 
-    monkeypatch.setattr(potholes.prepare, "run_prepare", stage)
+    monkeypatch.setattr(potholes.stages.prepare, "run_prepare", stage)
     result = CliRunner().invoke(cli, ["prepare", "--data-dir", str(synth_data)])
     assert result.exit_code == code
     if code == 2:

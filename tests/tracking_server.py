@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common import wait_until_answering
+from helpers import wait_until_answering
 from pg import free_port
 
 

@@ -11,3 +11,11 @@ class UserError(Exception):
 
 class ConfigError(UserError, ValueError):
     """An invalid parameter; the message names it, the value given and what was expected."""
+
+
+class ParamError(UserError, ValueError):
+    """A bad inference param of a request or a command (``threshold``, ``min_area``, ``runtime``)."""
+
+    def __init__(self, name: str, value, expected: str):
+        self.name, self.value, self.expected = name, value, expected
+        super().__init__(f"param '{name}': got {value!r}, expected {expected}")

@@ -1,0 +1,5 @@
+"""Masks from images: the ensemble with flip TTA, post-processing, pothole instances, the runtime
+choice and the ONNX Runtime / OpenVINO / torch paths, and ONNX export. Ships inside every
+registered model. May import: data.images, data.problems, errors. Never training code, Optuna,
+scikit-learn, matplotlib, Spark or MLflow.
+"""

@@ -1,0 +1,139 @@
+"""`train`: one model as one MLflow run. The loop (`potholes.training.loop`) knows nothing of
+MLflow; this stage turns each round it reports into metrics, checkpoints and a resume point."""
+
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from potholes.errors import ConfigError
+from potholes.training import augment, distributed
+from potholes.training.config import TrainConfig
+from potholes.training.loader import (
+    SegmentationDataset,
+    load_split,
+    make_loader,
+)
+from potholes.training.loop import TrainState, device_for_training, fit, init_state
+from potholes.training.schedule import plan_training
+
+
+def _log_round(config: TrainConfig, model_id: str, logged_steps: set[int]):
+    """The callback that makes each round visible in MLflow the moment it ends, at the optimizer
+    step where it ends (so runs of different lengths and datasets line up in the UI).
+
+    Order matters for ``kill -9``: the best checkpoint, then the metrics, then the resume point.
+    A kill between them makes the resumed run redo that round, identically; ``logged_steps``
+    (steps already on the run) keeps it from logging the same step twice.
+    """
+    import mlflow
+
+    from potholes.inference.networks import save_checkpoint
+
+    def callback(state: TrainState, metrics: dict, improved: bool) -> None:
+        step = metrics["step"]
+        with tempfile.TemporaryDirectory() as tmp:
+            if improved:  # the best checkpoint is safe on the store as soon as it exists
+                folder = save_checkpoint(state.best_state, config.model_config() | {"step": step, "val_dice": metrics["val_dice"]},
+                                         Path(tmp) / "best")
+                mlflow.log_artifacts(str(folder), "checkpoints/best")
+                mlflow.MlflowClient().log_model_artifacts(model_id, str(folder))
+            if step not in logged_steps:
+                mlflow.log_metrics({k: v for k, v in metrics.items() if k != "step"}, step=step, model_id=model_id)
+                if improved:
+                    mlflow.log_metrics({"best_val_dice": metrics["val_dice"], "best_step": step}, step=step,
+                                       model_id=model_id)
+            last = Path(tmp) / "last.pt"
+            torch.save(state.resume_payload(), last)
+            mlflow.log_artifact(str(last), "checkpoints/last")
+
+    return callback
+
+
+def run_train(config: TrainConfig, data_dir: str, progress: bool = True) -> dict:
+    """Train one model as an MLflow run; returns its run id and best validation Dice.
+
+    Under torchrun every rank calls this; rank 0 alone touches MLflow (`potholes.distributed`).
+    """
+    import mlflow
+
+    from potholes.data.dataset import build_manifest
+    from potholes.reporting import plots
+    from potholes.tracking import runs as tracking
+    from potholes.training import resume
+
+    if config.world_size != distributed.size():
+        raise ConfigError(f"world_size={config.world_size}, but this process is one of {distributed.size()}")
+    main = distributed.is_main()
+    progress = progress and main
+    if main:
+        print("resolved config:", ", ".join(f"{k}={v}" for k, v in config.as_params().items()), flush=True)
+    device = device_for_training(config.deterministic)
+    prepared = build_manifest(data_dir, config.val_fraction, config.split_seed, progress=progress)
+    root, manifest = prepared.layout.root, prepared.manifest
+    plan = plan_training(train_images=int((manifest["split"] == "train").sum()), batch_size=config.batch_size,
+                         world_size=config.world_size, steps=config.steps, epochs=config.epochs,
+                         rounds=config.rounds, warmup=config.warmup, val_images=int((manifest["split"] == "val").sum()))
+    if main:
+        print(f"{config.model}: {plan.describe()}", flush=True)
+    state = init_state(config, plan, device)  # fails here, before any run, when weights are unavailable
+    train_images, train_masks = load_split(root, manifest, "train", config.img_size, progress)
+    val_images, val_masks = load_split(root, manifest, "val", config.img_size, progress)
+    train_loader = make_loader(SegmentationDataset(train_images, train_masks, config.mean, config.std,
+                                                   augment.train_transform(config.seed, config.crop_size),
+                                                   config.seed),
+                               config, train=True, rank=distributed.rank(), world_size=config.world_size,
+                               steps_per_round=plan.steps_per_round)
+    val_loader = make_loader(SegmentationDataset(val_images, val_masks, config.mean, config.std), config, train=False,
+                             rank=distributed.rank(), world_size=config.world_size)
+
+    run_id, logged_steps = None, set()
+    if config.resume:
+        run_id = config.resume
+        digest = tracking.manifest_dataset(manifest, root).digest  # the data it trained on must be this data
+        point = distributed.from_main(lambda: resume.load(config, run_id, digest))  # every rank, the same last.pt
+        state.restore(point.payload)
+        state.best_state, logged_steps = point.best_state, point.logged_steps
+        if main:
+            print(f"resuming run {run_id} after round {state.round} (step {state.round * plan.steps_per_round})",
+                  flush=True)
+        if main and os.environ.get("MLFLOW_RUN_ID"):  # `mlflow run` made a fresh run: point it at the real one
+            launcher_run = os.environ.pop("MLFLOW_RUN_ID")
+            mlflow.MlflowClient().set_tag(launcher_run, "potholes.continued_in", run_id)
+    state.parallel = distributed.wrap(state.model, device)
+    if not main:  # the other ranks train alongside rank 0 and leave MLflow to it
+        fit(config, state, train_loader, val_loader, device, progress=False)
+        return {"run_id": run_id, "best_val_dice": state.best_dice, "best_step": state.best_step}
+
+    with tracking.stage_run("train", run_name=f"train-{config.model}", tags={"model": config.model},
+                            run_id=run_id, log_system_metrics=True) as run:
+        if config.resume:
+            model_id = mlflow.MlflowClient().get_run(run_id).data.tags[resume.MODEL_TAG]
+        else:
+            # The run's best model as an MLflow 3 LoggedModel: its artifacts are the best checkpoint
+            # and the epoch metrics are linked to it, so "Logged models" lists it with its Dice.
+            model_id = mlflow.initialize_logged_model(
+                name=f"{config.model}-{config.encoder.removeprefix('tu-')}", model_type="pothole-segmentation",
+                params={k: str(v) for k, v in config.model_config().items()}, tags={"potholes.stage": "train"}).model_id
+            mlflow.set_tags({resume.MODEL_TAG: model_id, "preset_reason": config.preset_reason})
+            tracking.log_params(config.as_params() | {"data_dir": data_dir, "device": device.type,
+                                                      "num_train": len(train_images), "num_val": len(val_images)})
+            mlflow.log_params({f"config.plan.{k}": v for k, v in plan.as_params().items()})
+            mlflow.log_metric("parameter_count", sum(p.numel() for p in state.model.parameters()))
+        digest = tracking.log_manifest(manifest, root, context="training")
+        fit(config, state, train_loader, val_loader, device, on_round_end=_log_round(config, model_id, logged_steps),
+            progress=progress)
+        tracking.log_figure(plots.training_curves(state.history), "plots/curves.png")
+        best = copy.deepcopy(state.kept)
+        if state.best_state is not None:
+            best.load_state_dict(state.best_state)
+        tracking.log_figure(plots.validation_overlays(best, val_images, val_masks, config.mean, config.std,
+                                                      config.val_threshold, device), "plots/val_predictions.png")
+        mlflow.finalize_logged_model(model_id, "READY")
+        print(f"{config.model}: best val_dice {state.best_dice:.4f} at step {state.best_step}", flush=True)
+        return {"run_id": run.info.run_id, "best_val_dice": state.best_dice, "best_step": state.best_step,
+                "dataset_digest": digest, "model_id": model_id}

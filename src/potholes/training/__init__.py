@@ -1,0 +1,4 @@
+"""Training one network: its config and presets, the loader, augmentations, losses, the step
+budget and schedule, pretrained encoders, the loop, resume points and distributed processes.
+May import: data, inference (networks, normalisation), tracking, reporting, errors.
+"""

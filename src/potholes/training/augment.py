@@ -1,0 +1,83 @@
+"""The seed's augmentations, ported to albumentations 2.0.8 argument names.
+
+albumentations 2.x silently ignores the 1.x names the seed used, so each is translated:
+``Affine(mode=)`` -> ``border_mode=``, ``RandomShadow(num_shadows_lower/upper)`` ->
+``num_shadows_limit``, ``GaussNoise(var_limit=(4, 15))`` (pixel variance) -> ``std_range`` as a
+fraction of 255: sqrt(4)/255 ~= 0.0078 to sqrt(15)/255 ~= 0.0152.
+
+Images are resized once when the dataset is cached, so these pipelines work at model size.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+
+from potholes.inference.normalize import normalize_batch
+
+GAUSS_NOISE_STD_RANGE = (math.sqrt(4) / 255, math.sqrt(15) / 255)
+
+
+def train_transform(seed: int = 0, crop_size: int = 0) -> A.Compose:
+    """The seed's augmentations; with ``crop_size``, first a random square crop of that size, so
+    a step costs what a ``crop_size`` image costs while the model learns at the cached (larger)
+    scale it will predict at."""
+    crop = [A.RandomCrop(crop_size, crop_size, p=1.0)] if crop_size else []
+    transform = A.Compose([
+        *crop,
+        A.HorizontalFlip(p=0.5),
+        A.Affine(scale=(0.97, 1.05), translate_percent=(0.0, 0.03), rotate=(-2.0, 2.0), shear=(-1.5, 1.5),
+                 interpolation=cv2.INTER_LINEAR, border_mode=cv2.BORDER_REFLECT_101, p=0.4),
+        A.OneOf([
+            A.GridDistortion(num_steps=5, distort_limit=0.02, border_mode=cv2.BORDER_REFLECT_101),
+            A.ElasticTransform(alpha=8, sigma=12, border_mode=cv2.BORDER_REFLECT_101),
+        ], p=0.12),
+        A.RandomBrightnessContrast(brightness_limit=0.18, contrast_limit=0.18, p=0.65),
+        A.HueSaturationValue(hue_shift_limit=5, sat_shift_limit=10, val_shift_limit=5, p=0.3),
+        A.RandomShadow(shadow_roi=(0, 0.45, 1, 1), num_shadows_limit=(1, 2), shadow_dimension=4, p=0.22),
+        A.OneOf([
+            A.GaussianBlur(blur_limit=(3, 3)),
+            A.GaussNoise(std_range=GAUSS_NOISE_STD_RANGE),
+        ], p=0.15),
+    ])
+    seed_transform(transform, seed)
+    return transform
+
+
+def seed_transform(transform: A.BaseCompose, seed: int | np.random.SeedSequence) -> None:
+    """Give a whole pipeline one random stream derived from ``seed``.
+
+    Global seeds do not reach albumentations 2: each Compose owns its generators. Its own
+    ``set_random_seed`` hands every child transform the *same* seed, so every child draws the
+    same numbers (HorizontalFlip and Affine would apply together, always); ``set_random_state``
+    shares one stream instead, through nested OneOf/Compose too.
+    """
+    sequence = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
+    transform.set_random_state(np.random.default_rng(sequence), random.Random(int(sequence.generate_state(1)[0])))
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> np.random.SeedSequence:
+    """The augmentation stream of one sample in one epoch.
+
+    Keyed by (seed, epoch, index) rather than by worker, so a sample gets the same augmentation
+    whichever worker draws it, however many workers there are, and after a resume.
+    """
+    return np.random.SeedSequence([seed, epoch, index])
+
+
+def resize_pair(image: np.ndarray, mask: np.ndarray | None, size: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Model-size copies: linear for the image, nearest for the mask (stays binary)."""
+    image = cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
+    if mask is not None:
+        mask = cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
+    return image, mask
+
+
+def to_tensor(image: np.ndarray, mean, std) -> torch.Tensor:
+    """HWC uint8 RGB -> normalised CHW float32."""
+    return normalize_batch(np.ascontiguousarray(image)[None], mean, std)[0]
