@@ -1,4 +1,5 @@
 import os
+import sys
 
 import pytest
 
@@ -6,6 +7,16 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 
 from pg import postgres_server, postgres_url  # noqa: E402,F401  fixtures: a throwaway PostgreSQL (tests/pg.py)
+
+
+@pytest.fixture(autouse=True)
+def sys_path_restored():
+    """Loading a registered model prepends its code folder (the slim serving copy of the package)
+    to sys.path, as MLflow does; processes spawned later by another test (torch.multiprocessing)
+    would inherit it and import that copy. Each test starts from the interpreter's own path."""
+    saved = list(sys.path)
+    yield
+    sys.path[:] = saved
 
 
 @pytest.fixture
