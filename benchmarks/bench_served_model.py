@@ -17,25 +17,18 @@ import time
 from pathlib import Path
 
 import requests
-from common import ModelServer, dataset, parser, report, untrained_checkpoints
+from common import ModelServer, dataset, parser, report, untrained_store
 
 
 def log_both(tmp: Path, example: Path, img_size: int) -> tuple[str, dict[str, str]]:
     import mlflow
     import pandas as pd
 
-    from potholes.inference.ensemble import EnsembleConfig, EnsemblePredictor
     from potholes.inference.export import export_members
-    from potholes.tracking import runs as tracking
     from potholes.tuning import model_package
     from potholes.tuning.registry import pinned_requirements
 
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    mlflow.set_tracking_uri(uri)
-    tracking.configure(project_root=tmp)
-    dirs = untrained_checkpoints(tmp / "ckpt", img_size)
-    predictor = EnsemblePredictor.from_checkpoints(dirs, EnsembleConfig(img_size=img_size, min_area=25))
+    uri, dirs, predictor = untrained_store(tmp, img_size)
     config_path = predictor.config.save(tmp / "ensemble_config.json")
     artifacts = {"ensemble_config": str(config_path), "onnx": str(export_members(predictor, tmp / "onnx")),
                  **{n: str(d) for n, d in dirs.items()}}

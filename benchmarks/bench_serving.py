@@ -5,7 +5,6 @@ before and after the requests, vs `predict` on the same images in-process."""
 from __future__ import annotations
 
 import base64
-import os
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -13,22 +12,15 @@ from pathlib import Path
 
 import numpy as np
 import requests
-from common import ModelServer, dataset, parser, report, untrained_checkpoints
+from common import ModelServer, dataset, parser, report, untrained_store
 
 
 def register(tmp: Path, example: Path, img_size: int) -> str:
     import mlflow
 
-    from potholes.inference.ensemble import EnsembleConfig, EnsemblePredictor
-    from potholes.tracking import runs as tracking
     from potholes.tuning.registry import log_and_register
 
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    mlflow.set_tracking_uri(uri)
-    tracking.configure(project_root=tmp)
-    dirs = untrained_checkpoints(tmp / "ckpt", img_size)
-    predictor = EnsemblePredictor.from_checkpoints(dirs, EnsembleConfig(img_size=img_size, min_area=25))
+    uri, dirs, predictor = untrained_store(tmp, img_size)
     base = {f"baseline_{k}_dice": 0.0 for k in ("unetpp", "deeplab", "blend50")}
     with mlflow.start_run(run_name="bench-serving"):
         log_and_register(predictor, dirs, example, "bench-ensemble", 0.0, base, "bench",

@@ -118,6 +118,22 @@ def untrained_checkpoints(folder: Path, img_size: int) -> dict[str, Path]:
     return dirs
 
 
+def untrained_store(tmp: Path, img_size: int):
+    """A fresh MLflow store in ``tmp`` (the environment's tracking URI too, for servers started
+    later) and an ensemble of untrained members: (tracking URI, checkpoint folders, predictor)."""
+    import mlflow
+
+    from potholes.inference.ensemble import EnsembleConfig, EnsemblePredictor
+    from potholes.tracking import runs as tracking
+
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    mlflow.set_tracking_uri(uri)
+    tracking.configure(project_root=tmp)
+    dirs = untrained_checkpoints(tmp / "ckpt", img_size)
+    return uri, dirs, EnsemblePredictor.from_checkpoints(dirs, EnsembleConfig(img_size=img_size, min_area=25))
+
+
 def stage_seconds(metrics: dict) -> dict:
     """A `main` parent run's time per stage (its ``*_seconds`` metrics), in name order."""
     return {k: metrics[k] for k in sorted(metrics) if k.endswith("_seconds")}
