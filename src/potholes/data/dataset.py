@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,9 +22,17 @@ from sklearn.model_selection import train_test_split
 
 from potholes.data import problems as kinds
 from potholes.data.images import (  # noqa: F401 (re-exported: the data layer's public readers)
-    MASK_THRESHOLD, UnreadableImage, binarize_mask, decode_image, mask_notes, read_image, read_mask, read_raw_mask)
-from potholes.errors import ConfigError
+    MASK_THRESHOLD,
+    UnreadableImage,
+    binarize_mask,
+    decode_image,
+    mask_notes,
+    read_image,
+    read_mask,
+    read_raw_mask,
+)
 from potholes.data.problems import DatasetError, Problem, ProblemReport
+from potholes.errors import ConfigError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png"}
 MASK_DIR_NAMES = ("mask", "masks")
@@ -163,13 +172,17 @@ MANIFEST_COLUMNS = [
 ]
 
 
+KeepPair = Callable[[str, np.ndarray, np.ndarray], None]
+
+
 def scan_pairs(pairs: list[tuple[str, Path, Path]], root: Path, report: ProblemReport | None = None,
-               progress: bool = True) -> tuple[pd.DataFrame, list[int]]:
+               progress: bool = True, keep: KeepPair | None = None) -> tuple[pd.DataFrame, list[int]]:
     """Read every pair once, check it, and measure its mask.
 
     Returns the manifest rows (without split) and every component area. Unreadable files and
     size mismatches are errors, unusual masks warnings, all recorded in ``report`` (without
-    one, errors raise at the end, all together).
+    one, errors raise at the end, all together). ``keep(id, image, mask)`` sees each good pair
+    as it is decoded, so a stage that needs the pixels too decodes each file once.
     """
     from tqdm.auto import tqdm
 
@@ -198,6 +211,8 @@ def scan_pairs(pairs: list[tuple[str, Path, Path]], root: Path, report: ProblemR
                          f"size mismatch: image '{image_path.name}' is {image.shape[1]}x{image.shape[0]} "
                          f"but mask '{mask_path.name}' is {mask.shape[1]}x{mask.shape[0]} (width x height)")
             continue
+        if keep is not None:
+            keep(number, image, mask)
         comp = component_areas(mask)
         areas.extend(comp.tolist())
         pixels = int(mask.sum())
@@ -266,17 +281,19 @@ class PreparedData:
     warnings: list[Problem] = field(default_factory=list)
 
 
-def build_manifest(data_dir: str | Path, val_fraction: float = 0.15, seed: int = 42, progress: bool = True) -> PreparedData:
+def build_manifest(data_dir: str | Path, val_fraction: float = 0.15, seed: int = 42, progress: bool = True,
+                   keep: KeepPair | None = None) -> PreparedData:
     """Find, pair, check and split the training data. Deterministic for the same files and
     parameters, so its digest identifies the split that every later stage uses.
 
     Every problem of the folder is collected before it stops: one DatasetError lists them all,
     grouped by kind; warnings (unpaired files, unusual masks) come as one UserWarning.
+    ``keep`` as in `scan_pairs`.
     """
     layout = find_dataset(data_dir)
     report = ProblemReport(layout.root / "train")
     pairing = pair_files(layout.train_images, layout.train_masks, report)
-    manifest, areas = scan_pairs(pairing.pairs, layout.root, report, progress=progress)
+    manifest, areas = scan_pairs(pairing.pairs, layout.root, report, progress=progress, keep=keep)
     if not report.errors and len(manifest) < 2:
         report.error(kinds.TOO_FEW, layout.root / "train",
                      f"{len(manifest)} image/mask pair(s); at least 2 are needed. {SYNTH_HINT}")

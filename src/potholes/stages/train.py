@@ -13,11 +13,7 @@ import torch
 from potholes.errors import ConfigError
 from potholes.training import augment, distributed
 from potholes.training.config import TrainConfig
-from potholes.training.loader import (
-    SegmentationDataset,
-    load_split,
-    make_loader,
-)
+from potholes.training.loader import SegmentationDataset, make_loader
 from potholes.training.loop import TrainState, device_for_training, fit, init_state
 from potholes.training.schedule import plan_training
 
@@ -61,8 +57,8 @@ def run_train(config: TrainConfig, data_dir: str, progress: bool = True) -> dict
     """
     import mlflow
 
-    from potholes.data.dataset import build_manifest
     from potholes.reporting import plots
+    from potholes.stages.stage_data import open_stage_data
     from potholes.tracking import runs as tracking
     from potholes.training import resume
 
@@ -73,16 +69,16 @@ def run_train(config: TrainConfig, data_dir: str, progress: bool = True) -> dict
     if main:
         print("resolved config:", ", ".join(f"{k}={v}" for k, v in config.as_params().items()), flush=True)
     device = device_for_training(config.deterministic)
-    prepared = build_manifest(data_dir, config.val_fraction, config.split_seed, progress=progress)
-    root, manifest = prepared.layout.root, prepared.manifest
-    plan = plan_training(train_images=int((manifest["split"] == "train").sum()), batch_size=config.batch_size,
+    data = open_stage_data(data_dir, config.val_fraction, config.split_seed, config.img_size, progress)
+    root, manifest = data.root, data.manifest
+    plan = plan_training(train_images=data.count("train"), batch_size=config.batch_size,
                          world_size=config.world_size, steps=config.steps, epochs=config.epochs,
-                         rounds=config.rounds, warmup=config.warmup, val_images=int((manifest["split"] == "val").sum()))
+                         rounds=config.rounds, warmup=config.warmup, val_images=data.count("val"))
     if main:
         print(f"{config.model}: {plan.describe()}", flush=True)
     state = init_state(config, plan, device)  # fails here, before any run, when weights are unavailable
-    train_images, train_masks = load_split(root, manifest, "train", config.img_size, progress)
-    val_images, val_masks = load_split(root, manifest, "val", config.img_size, progress)
+    train_images, train_masks = data.split("train")
+    val_images, val_masks = data.split("val")
     train_loader = make_loader(SegmentationDataset(train_images, train_masks, config.mean, config.std,
                                                    augment.train_transform(config.seed, config.crop_size),
                                                    config.seed),
@@ -122,9 +118,11 @@ def run_train(config: TrainConfig, data_dir: str, progress: bool = True) -> dict
             mlflow.set_tags({resume.MODEL_TAG: model_id, "preset_reason": config.preset_reason})
             tracking.log_params(config.as_params() | {"data_dir": data_dir, "device": device.type,
                                                       "num_train": len(train_images), "num_val": len(val_images)})
+            if data.manifest_run:
+                mlflow.set_tag("potholes.manifest_from_run", data.manifest_run)
             mlflow.log_params({f"config.plan.{k}": v for k, v in plan.as_params().items()})
             mlflow.log_metric("parameter_count", sum(p.numel() for p in state.model.parameters()))
-        digest = tracking.log_manifest(manifest, root, context="training")
+        digest = tracking.log_manifest(manifest, root, context="training", key=data.key)
         fit(config, state, train_loader, val_loader, device, on_round_end=_log_round(config, model_id, logged_steps),
             progress=progress)
         tracking.log_figure(plots.training_curves(state.history), "plots/curves.png")

@@ -37,12 +37,12 @@ from potholes.tuning.search import (
 
 
 def run_tune(data_dir: str, tune: TuneConfig = TuneConfig(), progress: bool = True) -> dict:
-    from potholes.data.dataset import build_manifest
-    from potholes.training.loader import load_split
+    from potholes.stages.stage_data import open_stage_data
 
     tune.validate()
-    prepared = build_manifest(data_dir, tune.val_fraction, tune.split_seed, progress=progress)
-    digest = tracking.manifest_dataset(prepared.manifest, prepared.layout.root).digest
+    # The model size comes from the members' checkpoints, which are found by the manifest's digest.
+    data = open_stage_data(data_dir, tune.val_fraction, tune.split_seed, img_size=None, progress=progress)
+    digest = tracking.manifest_dataset(data.manifest, data.root).digest
     runs = {"unetpp": tune.unetpp_run or latest_train_run("unetpp", digest),
             "deeplab": tune.deeplab_run or latest_train_run("deeplab", digest)}
     for name, run_id in runs.items():
@@ -53,11 +53,12 @@ def run_tune(data_dir: str, tune: TuneConfig = TuneConfig(), progress: bool = Tr
         predictor = EnsemblePredictor.from_checkpoints(dirs, EnsembleConfig())
         size = max(int(predictor.config.members[n]["img_size"]) for n in MEMBERS)
         predictor.config.img_size = size
-        val_images, val_masks = load_split(prepared.layout.root, prepared.manifest, "val", size, progress)
+        data.img_size = size
+        val_images, val_masks = data.split("val")
         # The one expensive step: both networks over the validation set, once.
         logits = predictor.member_logits(list(val_images))
         space = SearchSpace(w_unetpp=(0.0, 1.0), threshold=(tune.threshold_min, tune.threshold_max),
-                            min_area=min_area_range(tune, prepared.manifest, size))
+                            min_area=min_area_range(tune, data.manifest, size))
 
         storage = tune.storage or default_storage()
         study_name = tune.study_name or f"ensemble-{runs['unetpp'][:8]}-{runs['deeplab'][:8]}-{digest}"
@@ -84,7 +85,7 @@ def run_tune(data_dir: str, tune: TuneConfig = TuneConfig(), progress: bool = Tr
                                      "min_area_range_at_img_size": f"{space.min_area[0]}-{space.min_area[1]}",
                                      "img_size": size, "storage": mask_url(storage), "study_name": study_name,
                                      "unetpp_run": runs["unetpp"], "deeplab_run": runs["deeplab"], "workers": tune.workers})
-                tracking.log_manifest(prepared.manifest, prepared.layout.root, context="tuning")
+                tracking.log_manifest(data.manifest, data.root, context="tuning", key=data.key)
                 log_member_inputs(parent_id, runs)
             base = baselines(logits, val_masks)
             mlflow.log_metrics(base)
@@ -108,12 +109,12 @@ def run_tune(data_dir: str, tune: TuneConfig = TuneConfig(), progress: bool = Tr
             mlflow.log_metrics({"best_val_dice": best.value, "trials_run_now": ran, "trials_complete": len(complete),
                                 **{f"best_{k}": float(v) for k, v in best.params.items()}})
             log_study_plots(study)
-            log_dice_by_size(logits, val_masks, prepared.manifest, best.params)
+            log_dice_by_size(logits, val_masks, data.manifest, best.params)
 
             predictor.config.w_unetpp = float(best.params["w_unetpp"])
             predictor.config.threshold = float(best.params["threshold"])
             predictor.config.min_area = int(best.params["min_area"])
-            example = prepared.layout.root / prepared.manifest[prepared.manifest["split"] == "val"].iloc[0]["image_path"]
+            example = data.root / data.manifest[data.manifest["split"] == "val"].iloc[0]["image_path"]
             registered = log_and_register(predictor, dirs, example, tune.registered_model, best.value, base, digest, runs,
                                           force_champion=tune.promote)
             # Facts that stay true (an alias moves later; this version's promotion does not change).

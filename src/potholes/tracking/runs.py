@@ -22,6 +22,8 @@ from mlflow.tracking import MlflowClient
 
 DEFAULT_EXPERIMENT = "potholes"
 DATASET_NAME = "potholes-manifest"
+# Files digest + split of a logged manifest (`potholes.tracking.prepared`): later stages find it by this.
+PREPARED_TAG = "potholes.prepared_key"
 # MLflow 3's UI opens an experiment in GenAI mode unless this tag says otherwise.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
@@ -143,8 +145,9 @@ def manifest_dataset(manifest: pd.DataFrame, source: str | Path):
         return mlflow.data.from_pandas(manifest, source=str(source), name=DATASET_NAME)
 
 
-def log_manifest(manifest: pd.DataFrame, source: str | Path, context: str) -> str:
-    """Log the manifest CSV artifact and dataset input; return the dataset digest."""
+def log_manifest(manifest: pd.DataFrame, source: str | Path, context: str, key: str | None = None) -> str:
+    """Log the manifest CSV artifact and dataset input (tagged with its files-and-split ``key``,
+    so later stages can use it); return the dataset digest."""
     dataset = manifest_dataset(manifest, source)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # MLflow's hint about integer columns
@@ -154,6 +157,8 @@ def log_manifest(manifest: pd.DataFrame, source: str | Path, context: str) -> st
         manifest.to_csv(path, index=False)
         mlflow.log_artifact(str(path))
     mlflow.set_tag("potholes.dataset_digest", dataset.digest)
+    if key:
+        mlflow.set_tag(PREPARED_TAG, key)
     return dataset.digest
 
 
