@@ -205,7 +205,7 @@ def postgres_server():
     """One PostgreSQL server on 127.0.0.1 for the test session (stopped and deleted at its end)."""
     need_modules("psycopg")  # the driver behind the postgresql+psycopg:// URLs
     if find_bindir() is None:
-        missing(f"no PostgreSQL server binaries found: pip install -e '.[dev]' (package pgserver), "
+        missing("no PostgreSQL server binaries found: pip install -e '.[dev]' (package pgserver), "
                 "or apt-get install postgresql, or set POTHOLES_PG_BINDIR")
     with PostgresServer() as server:
         yield server

@@ -7,14 +7,21 @@ import pandas as pd
 import pytest
 from helpers import artifacts
 
-from potholes.data.dataset import DatasetError, find_dataset, read_image
+from potholes.data.dataset import (
+    DatasetError,
+    file_number,
+    find_dataset,
+    read_image,
+    read_mask,
+)
 from potholes.inference.postprocess import rle_decode
 from potholes.stages.predict import (
     PredictConfig,
+    predict_images,
     run_predict,
     submission_order,
-    write_csv_atomically,
 )
+from potholes.stages.predict_outputs import AtomicCsv, ImageScores, write_csv_atomically
 
 
 def copy_dataset(src, dst):
@@ -33,7 +40,8 @@ def test_submission_follows_sample_order_and_scores_test_masks(in_smoke_store, t
     run = mlflow.search_runs(filter_string="tags.`potholes.stage` = 'predict'", search_all_experiments=True,
                              output_format="list")[0]
     assert 0 <= run.data.metrics["test_dice"] <= 1 and run.data.metrics["test_dice"] == pytest.approx(result["test_dice"])
-    assert {"submission.csv", "potholes.csv", "test_scores.csv", "plots/worst_test_images.png"} <= artifacts(run.info.run_id)
+    assert {"submission.csv", "submission.potholes.csv", "test_scores.csv",
+            "plots/worst_test_images.png"} <= artifacts(run.info.run_id)
 
 
 def test_potholes_csv_lists_each_component_of_each_submitted_mask(in_smoke_store, tmp_path):
@@ -41,8 +49,9 @@ def test_potholes_csv_lists_each_component_of_each_submitted_mask(in_smoke_store
 
     output = tmp_path / "out" / "submission.csv"
     result = run_predict(str(in_smoke_store.data), PredictConfig(output=str(output)), progress=False)
-    potholes = pd.read_csv(tmp_path / "out" / "potholes.csv")
-    assert result["potholes_csv"] == str(tmp_path / "out" / "potholes.csv") and result["potholes"] == len(potholes)
+    potholes = pd.read_csv(tmp_path / "out" / "submission.potholes.csv")
+    assert result["potholes_csv"] == str(tmp_path / "out" / "submission.potholes.csv")
+    assert result["potholes"] == len(potholes)
     assert list(potholes.columns) == CSV_COLUMNS and len(potholes) > 0
     assert not list((tmp_path / "out").glob(".*.tmp"))
     written = pd.read_csv(output, keep_default_na=False)
@@ -113,23 +122,61 @@ def test_missing_model_gives_a_clear_error(tracking_store, synth_data, tmp_path)
     assert not (tmp_path / "s.csv").exists()
 
 
-def test_atomic_write_leaves_nothing_half_written(tmp_path, monkeypatch):
+def test_atomic_write_leaves_nothing_half_written(tmp_path):
     target = tmp_path / "submission.csv"
     target.write_text("ImageId,rle\nold,1 1\n")
-
-    class Boom(pd.DataFrame):
-        def to_csv(self, *args, **kwargs):
-            args[0].write("ImageId,rle\npartial")
-            raise OSError("disk full")
-
     with pytest.raises(OSError):
-        write_csv_atomically(Boom({"ImageId": ["a"], "rle": [""]}), target)
+        with AtomicCsv(target, ["ImageId", "rle"]) as out:
+            out.write([{"ImageId": "a", "rle": ""}])
+            raise OSError("disk full")  # mid-way: rows written to the hidden file, not to the target
     assert target.read_text() == "ImageId,rle\nold,1 1\n"
     assert [p.name for p in tmp_path.iterdir()] == ["submission.csv"]
     write_csv_atomically(pd.DataFrame({"ImageId": ["a"], "rle": ["1 2"]}), target)
     assert target.read_text().splitlines() == ["ImageId,rle", "a,1 2"]
 
 
+def test_two_predictions_into_one_folder_keep_their_own_pothole_tables(in_smoke_store, tmp_path):
+    for name in ("a.csv", "b.csv"):
+        run_predict(str(in_smoke_store.data), PredictConfig(output=str(tmp_path / name)), progress=False)
+    assert sorted(p.name for p in tmp_path.glob("*.csv")) == ["a.csv", "a.potholes.csv", "b.csv", "b.potholes.csv"]
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "a.potholes.csv"), pd.read_csv(tmp_path / "b.potholes.csv"))
+
+
+class CountingPredictor:
+    batch_size = 2
+
+    def __init__(self):
+        self.calls = 0
+
+    def predict(self, images):
+        self.calls += 1
+        return [(np.zeros(image.shape[:2], np.uint8), []) for image in images]
+
+
+def test_predict_streams_one_batch_at_a_time(synth_data):
+    """Rows come out while later batches are not yet predicted: nothing holds every mask."""
+    order = submission_order(find_dataset(synth_data))
+    predictor = CountingPredictor()
+    rows = predict_images(predictor, order, progress=False)
+    next(rows)
+    assert predictor.calls == 1 and len(order) > 2 * predictor.batch_size
+    assert len(list(rows)) == len(order) - 1 and predictor.calls == -(-len(order) // 2)
+
+
+def test_test_scores_keep_numbers_for_every_image_and_masks_of_the_worst_only(synth_data):
+    layout = find_dataset(synth_data)
+    order = submission_order(layout)
+    scores = ImageScores(layout, worst=2)
+    truth = {image_id: read_mask(p) for image_id, p in
+             zip([i for i, _ in order], [layout.test_masks / f"mask_{file_number(p)}.png" for _, p in order])}
+    for k, (image_id, path) in enumerate(order):  # predictions of falling quality: the last two are the worst
+        pred = truth[image_id].copy()
+        pred[: k * 4] = 1 - pred[: k * 4]
+        scores.add(image_id, path, lambda pred=pred: pred)
+    frame = scores.frame()
+    assert frame["ImageId"].tolist() == [i for i, _ in order]
+    worst = frame.nsmallest(2, "dice")["ImageId"].tolist()
+    assert sorted(scores.worst_masks()) == sorted(worst)
 def test_batched_predictions_equal_one_at_a_time(in_smoke_store):
     """Batching (and mixing image sizes in a batch) must not change any mask."""
     predictor = mlflow.pyfunc.load_model("models:/pothole-ensemble@champion").unwrap_python_model().predictor

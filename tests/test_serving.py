@@ -32,7 +32,7 @@ def test_served_model_matches_predict_and_rejects_bad_requests(in_smoke_store, s
     output = tmp_path / "submission.csv"
     run_predict(str(in_smoke_store.data), PredictConfig(output=str(output)), progress=False)
     submission = pd.read_csv(output, keep_default_na=False)
-    potholes = pd.read_csv(tmp_path / "potholes.csv")
+    potholes = pd.read_csv(tmp_path / "submission.potholes.csv")
     # the image with the most potholes, so the potholes field is compared on real content
     expected = submission.set_index("ImageId").loc[potholes["ImageId"].value_counts().index[0]]
     image = b64(in_smoke_store.data / "test" / "images" / expected.name)

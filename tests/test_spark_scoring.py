@@ -45,9 +45,9 @@ def test_spark_engine_writes_the_local_engines_submission(in_smoke_store, tmp_pa
     for (image_id, rle), (_, want) in zip(written.itertuples(index=False), expected.itertuples(index=False)):
         assert rle == want, image_id
     assert (written["rle"] != "").any()  # not trivially equal
-    for extra in ("potholes.csv",):  # the per-pothole table comes from the same model output
-        if (local.parent / extra).exists():
-            pd.testing.assert_frame_equal(pd.read_csv(spark.parent / extra), pd.read_csv(local.parent / extra))
+    # the per-pothole table comes from the same model output
+    pd.testing.assert_frame_equal(pd.read_csv(spark.parent / "submission.potholes.csv"),
+                                  pd.read_csv(local.parent / "submission.potholes.csv"))
 
     runs = {param(r, "output"): r for r in mlflow.search_runs(
         filter_string="tags.`potholes.stage` = 'predict'", search_all_experiments=True, output_format="list")}

@@ -10,8 +10,18 @@ from potholes.errors import ParamError
 RUNTIMES = ("auto", "onnx", "openvino", "torch")
 
 
+THREADS_ENV = "POTHOLES_THREADS"
+
+
 def cpu_cores() -> int:
-    """Cores this process may run on (the affinity mask, not the host's count)."""
+    """Threads ONNX Runtime and OpenVINO use in this process: ``POTHOLES_THREADS`` when set (Spark
+    sets it to ``spark.task.cpus`` for its Python workers, so parallel tasks do not oversubscribe
+    the cores), else the cores this process may run on (its affinity mask, not the host's count)."""
+    value = os.environ.get(THREADS_ENV, "").strip()
+    if value:
+        if not value.isdigit() or int(value) < 1:
+            raise ParamError(THREADS_ENV, value, "a whole number of threads, 1 or more")
+        return int(value)
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux

@@ -25,10 +25,10 @@ import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
-import numpy as np
 import pandas as pd
 
 from potholes.errors import ConfigError
+from potholes.inference.runtime import THREADS_ENV
 
 ENGINES = ("local", "spark")
 DEFAULT_MASTER = "local[*]"
@@ -184,10 +184,11 @@ def _udf_params(model_uri: str, wanted: dict) -> dict:
     return {k: v for k, v in wanted.items() if k in declared and v is not None}
 
 
-def score_images(model_uri: str, images_dir: Path, names: list[str], master: str = DEFAULT_MASTER,
-                 params: dict | None = None) -> pd.DataFrame:
-    """The pyfunc's output row for every file of ``images_dir`` named in ``names``, as a pandas
-    frame indexed by file name in ``names`` order (every output column of the model's signature)."""
+def stream_outputs(model_uri: str, images_dir: Path, names: list[str], master: str = DEFAULT_MASTER,
+                   params: dict | None = None):
+    """The pyfunc's output row (a dict: ``name`` and every output column of the model's signature)
+    for every file of ``images_dir`` named in ``names``, in ``names`` order, one partition at a time:
+    Spark sorts the rows on the executors and the driver holds one partition, never every mask."""
     import warnings
 
     import mlflow.pyfunc
@@ -197,41 +198,48 @@ def score_images(model_uri: str, images_dir: Path, names: list[str], master: str
     spark, started = _session(master)
     chunked = spark.conf.get(CHUNK_BASE64, None)
     spark.conf.set(CHUNK_BASE64, "false")  # one line of base64 per image, as the model expects
+    # Each task's model runs with the cores Spark gives a task (spark.task.cpus, default 1), not every
+    # core of the machine: local[*] runs one task per core at once. The user's POTHOLES_THREADS wins.
+    # The context's environment goes to every Python worker with the UDF made below.
+    threads = os.environ.get(THREADS_ENV) or spark.conf.get("spark.task.cpus", "1")
+    spark.sparkContext.environment[THREADS_ENV] = str(threads)
     try:
         from pyspark.sql import functions as F
 
         udf = mlflow.pyfunc.spark_udf(spark, model_uri, env_manager="local", params=_udf_params(model_uri, params or {}))
         files = (spark.read.format("binaryFile").option("recursiveFileLookup", "false")
                  .load(str(Path(images_dir).resolve()))
-                 .withColumn("name", F.element_at(F.split("path", "/"), -1))  # paths come unencoded
-                 .where(F.col("name").isin(names)))
-        scored = files.select("name", udf(F.struct(F.base64("content").alias("image"))).alias("out"))
-        result = scored.select("name", "out.*").toPandas()
+                 .withColumn("name", F.element_at(F.split("path", "/"), -1)))  # paths come unencoded
+        positions = spark.createDataFrame(list(enumerate(names)), "position long, name string")
+        scored = (files.join(positions, "name")
+                  .select("position", "name", udf(F.struct(F.base64("content").alias("image"))).alias("out"))
+                  .select("position", "name", "out.*").orderBy("position"))
+        expected = 0
+        for row in scored.toLocalIterator(prefetchPartitions=False):
+            if row["position"] != expected:
+                raise SparkSetupError(f"Spark returned no row for {names[expected:row['position']][:10]}"
+                                      if row["position"] > expected else f"Spark returned '{row['name']}' twice")
+            expected += 1
+            yield {k: v for k, v in row.asDict().items() if k != "position"}
+        if expected != len(names):
+            raise SparkSetupError(f"Spark returned {expected} rows for {len(names)} images; "
+                                  f"missing: {names[expected:][:10]}")
     finally:
         if started:
             spark.stop()
         elif chunked is not None:
             spark.conf.set(CHUNK_BASE64, chunked)
-    result = result.set_index("name")
-    absent = [n for n in names if n not in result.index]
-    if absent or len(result) != len(names):
-        raise SparkSetupError(f"Spark returned {len(result)} rows for {len(names)} images; missing: {absent[:10]}")
-    return result.loc[names]
 
 
-def spark_submission(model_uri: str, images_dir: Path, order: list[tuple[str, Path]], master: str = DEFAULT_MASTER,
-                     params: dict | None = None):
-    """Like `predict.predict_submission`: (ImageId/rle frame, masks by ImageId, potholes.csv rows)."""
-    from potholes.inference import postprocess as pp
-    from potholes.inference import potholes as instances
+def score_images(model_uri: str, images_dir: Path, names: list[str], master: str = DEFAULT_MASTER,
+                 params: dict | None = None) -> pd.DataFrame:
+    """`stream_outputs` as one pandas frame indexed by file name, in ``names`` order."""
+    return pd.DataFrame(list(stream_outputs(model_uri, images_dir, names, master, params))).set_index("name")
 
-    ids = [image_id for image_id, _ in order]
-    out = score_images(model_uri, images_dir, ids, master, params)
-    submission = pd.DataFrame({"ImageId": ids, "rle": out["rle"].fillna("").tolist()}, columns=["ImageId", "rle"])
-    masks = {image_id: pp.rle_decode(row.rle or "", (int(row.height), int(row.width))).astype(np.uint8)
-             for image_id, row in zip(ids, out.itertuples())}
-    potholes = []
-    if "potholes" in out.columns:
-        for image_id, found in zip(ids, out["potholes"]):
-            potholes.extend(instances.csv_rows(image_id, json.loads(found or "[]")))
-    return submission, masks, pd.DataFrame(potholes, columns=instances.CSV_COLUMNS)
+
+def stream_submission(model_uri: str, images_dir: Path, ids: list[str], master: str = DEFAULT_MASTER,
+                      params: dict | None = None):
+    """(ImageId, rle, (height, width), potholes) per image in ``ids`` order, as `predict` writes them."""
+    for row in stream_outputs(model_uri, images_dir, ids, master, params):
+        yield (row["name"], row["rle"] or "", (int(row["height"]), int(row["width"])),
+               json.loads(row.get("potholes") or "[]"))

@@ -1,8 +1,8 @@
-"""`predict`: the registered ensemble over the test images, written as an RLE submission."""
+"""`predict`: the registered ensemble over the test images, written as an RLE submission and a
+pothole table, streamed (`potholes.stages.predict_outputs`): memory stays flat in the test set."""
 
 from __future__ import annotations
 
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +25,12 @@ from potholes.inference import potholes as instances
 from potholes.reporting import size_buckets
 from potholes.scale import (
     spark as spark_scoring,  # imports no pyspark until --engine spark runs
+)
+from potholes.stages.predict_outputs import (  # noqa: F401
+    AtomicCsv,
+    ImageScores,
+    potholes_path,
+    write_csv_atomically,
 )
 
 DEFAULT_MODEL_URI = "models:/pothole-ensemble@champion"
@@ -68,27 +74,8 @@ def submission_order(layout: DatasetLayout) -> list[tuple[str, Path]]:
     return [(image_id, files[image_id]) for image_id in ids]
 
 
-def write_csv_atomically(frame: pd.DataFrame, output: Path) -> Path:
-    """Write to a temporary file beside ``output`` and rename it: no half-written submission."""
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
-    try:
-        # mkstemp creates 0600; the finished file gets what open() would give: 0666 less the umask.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
-        with os.fdopen(fd, "w", newline="") as handle:
-            frame.to_csv(handle, index=False)
-        os.replace(tmp, output)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return output
-
-
-def predict_submission(predictor, order: list[tuple[str, Path]], batch_size: int | None = None, progress: bool = True):
-    """RLE rows, masks and pothole rows (potholes.csv) for every test image, in order.
+def predict_images(predictor, order: list[tuple[str, Path]], batch_size: int | None = None, progress: bool = True):
+    """(ImageId, file, mask, potholes) for every test image, in order, one batch in memory at a time.
 
     The next batch is read and decoded on a helper thread while the networks run on this one
     (OpenCV and torch both release the GIL), so file I/O hides behind inference.
@@ -102,43 +89,32 @@ def predict_submission(predictor, order: list[tuple[str, Path]], batch_size: int
 
     batch_size = batch_size or predictor.batch_size
     chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    rows, masks, potholes = [], {}, []
     with ThreadPoolExecutor(max_workers=1) as reader:
         pending = reader.submit(read, chunks[0]) if chunks else None
         for index, chunk in enumerate(tqdm(chunks, desc="predict", disable=not progress)):
             images = pending.result()
             if index + 1 < len(chunks):
                 pending = reader.submit(read, chunks[index + 1])
-            for (image_id, _), (mask, found) in zip(chunk, predictor.predict(images)):
-                rows.append({"ImageId": image_id, "rle": pp.rle_encode(mask)})
-                masks[image_id] = mask
-                potholes.extend(instances.csv_rows(image_id, found))
-    return (pd.DataFrame(rows, columns=["ImageId", "rle"]), masks,
-            pd.DataFrame(potholes, columns=instances.CSV_COLUMNS))
+            for (image_id, path), (mask, found) in zip(chunk, predictor.predict(images)):
+                yield image_id, path, mask, found
 
 
-def score_against_masks(layout: DatasetLayout, order, masks: dict[str, np.ndarray]) -> pd.DataFrame | None:
-    """Per-image Dice and IoU when test masks exist (``test/mask``), else None."""
-    from potholes.data.dataset import file_number
-
-    if layout.test_masks is None:
-        return None
-    truth_files = {file_number(p): p for p in list_images(layout.test_masks)}
-    records = []
-    for image_id, path in order:
-        truth_path = truth_files.get(file_number(path))
-        if truth_path is None:
-            continue
-        truth = read_mask(truth_path)
-        pred = masks[image_id]
-        records.append({"ImageId": image_id, "dice": pp.dice_score(pred, truth), "iou": pp.iou_score(pred, truth),
-                        "true_pixels": int(truth.sum()), "predicted_pixels": int(pred.sum()),
-                        "true_area_fraction": float(truth.mean()),
-                        "image_path": str(path), "mask_path": str(truth_path)})
-    return pd.DataFrame(records) if records else None
+def local_rows(predictor, order, progress: bool = True):
+    """`predict_images` as (ImageId, file, rle, mask thunk, potholes): the rows the writers take."""
+    for image_id, path, mask, found in predict_images(predictor, order, progress=progress):
+        yield image_id, path, pp.rle_encode(mask), (lambda mask=mask: mask), found
 
 
-def worst_overlays(masks, scores: pd.DataFrame, count: int = 8):
+def spark_rows(config: PredictConfig, layout: DatasetLayout, order):
+    """The Spark engine's rows in submission order, each RLE decoded only if it is scored."""
+    paths = dict(order)
+    for image_id, rle, shape, found in spark_scoring.stream_submission(
+            config.model_uri, layout.test_images, [i for i, _ in order], config.spark_master,
+            {"runtime": config.runtime}):
+        yield image_id, paths[image_id], rle, (lambda rle=rle, shape=shape: pp.rle_decode(rle, shape)), found
+
+
+def worst_overlays(masks: dict[str, np.ndarray], scores: pd.DataFrame, count: int = 8):
     from potholes.reporting import plots
 
     panels = []
@@ -176,33 +152,37 @@ def run_predict(data_dir: str, config: PredictConfig = PredictConfig(), progress
                            **{f"ensemble_{k}": v for k, v in vars(predictor.config).items() if k != "members"}})
         tracking.log_params({"engine": config.engine,
                              **({"spark_master": config.spark_master} if config.engine == "spark" else {})})
-        if config.engine == "spark":
-            submission, masks, potholes = spark_scoring.spark_submission(
-                config.model_uri, layout.test_images, order, config.spark_master, {"runtime": config.runtime})
-        else:
-            submission, masks, potholes = predict_submission(predictor, order, progress=progress)
-        output = write_csv_atomically(submission, Path(config.output))
-        potholes_csv = write_csv_atomically(potholes, output.with_name("potholes.csv"))
+        rows = spark_rows(config, layout, order) if config.engine == "spark" else local_rows(predictor, order, progress)
+        output, potholes_csv = Path(config.output), potholes_path(Path(config.output))
+        scores = ImageScores(layout)
+        empty = 0
+        # Rows go to disk as they come; both files appear only when every image is done.
+        with AtomicCsv(output, ["ImageId", "rle"]) as submission, \
+                AtomicCsv(potholes_csv, instances.CSV_COLUMNS) as table:
+            for image_id, path, rle, mask, found in rows:
+                submission.write([{"ImageId": image_id, "rle": rle}])
+                table.write(instances.csv_rows(image_id, found))
+                scores.add(image_id, path, mask)
+                empty += rle == ""
         mlflow.log_artifact(str(output))
         mlflow.log_artifact(str(potholes_csv))
-        result = {"output": str(output), "rows": len(submission), "empty": int((submission["rle"] == "").sum()),
-                  "potholes_csv": str(potholes_csv), "potholes": len(potholes), "runtime": predictor.runtime}
-        scores = score_against_masks(layout, order, masks)
-        if scores is not None:
-            result |= {"test_dice": float(scores["dice"].mean()), "test_iou": float(scores["iou"].mean())}
+        result = {"output": str(output), "rows": submission.rows, "empty": empty,
+                  "potholes_csv": str(potholes_csv), "potholes": table.rows, "runtime": predictor.runtime}
+        per_image = scores.frame()
+        if per_image is not None:
+            result |= {"test_dice": float(per_image["dice"].mean()), "test_iou": float(per_image["iou"].mean())}
             mlflow.log_metrics({"test_dice": result["test_dice"], "test_iou": result["test_iou"]})
             with tempfile.TemporaryDirectory() as tmp:
-                per_image = Path(tmp) / "test_scores.csv"
-                scores.to_csv(per_image, index=False)
-                mlflow.log_artifact(str(per_image))
-            tracking.log_figure(worst_overlays(masks, scores), "plots/worst_test_images.png")
-            by_size = size_buckets.summarize(scores["dice"], scores["true_area_fraction"], "test")
+                per_image.to_csv(Path(tmp) / "test_scores.csv", index=False)
+                mlflow.log_artifact(str(Path(tmp) / "test_scores.csv"))
+            tracking.log_figure(worst_overlays(scores.worst_masks(), per_image), "plots/worst_test_images.png")
+            by_size = size_buckets.summarize(per_image["dice"], per_image["true_area_fraction"], "test")
             mlflow.log_metrics(by_size)
             result |= by_size
-            tracking.log_figure(size_buckets.figure(scores["dice"], scores["true_area_fraction"], "test Dice by pothole size"),
-                                "plots/test_dice_by_size.png")
+            tracking.log_figure(size_buckets.figure(per_image["dice"], per_image["true_area_fraction"],
+                                                    "test Dice by pothole size"), "plots/test_dice_by_size.png")
         mlflow.log_metrics({"rows": result["rows"], "empty_masks": result["empty"], "potholes": result["potholes"]})
     print(f"wrote {result['rows']} rows to {output} ({result['empty']} empty masks), {result['potholes']} potholes "
           f"to {potholes_csv} (runtime {predictor.runtime})"
-          + (f"; test Dice {result['test_dice']:.4f}, IoU {result['test_iou']:.4f}" if scores is not None else ""))
+          + (f"; test Dice {result['test_dice']:.4f}, IoU {result['test_iou']:.4f}" if per_image is not None else ""))
     return result
