@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import mlflow
@@ -39,7 +40,9 @@ from potholes.tuning.search import (
 def run_tune(data_dir: str, tune: TuneConfig = TuneConfig(), progress: bool = True) -> dict:
     from potholes.stages.stage_data import open_stage_data
 
+    started_at = time.time()
     tune.validate()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # every trial is an MLflow run; no line per trial too
     # The model size comes from the members' checkpoints, which are found by the manifest's digest.
     data = open_stage_data(data_dir, tune.val_fraction, tune.split_seed, img_size=None, progress=progress)
     digest = tracking.manifest_dataset(data.manifest, data.root).digest
@@ -63,10 +66,16 @@ def run_tune(data_dir: str, tune: TuneConfig = TuneConfig(), progress: bool = Tr
         storage = tune.storage or default_storage()
         study_name = tune.study_name or f"ensemble-{runs['unetpp'][:8]}-{runs['deeplab'][:8]}-{digest}"
         study, created = shared.open_study(study_name, storage)
-        found = shared.find_parent(study, created)
-        # The owner samples with --seed (one process: the same trials every time); workers that
-        # attach mix in their pid so they do not propose what the owner proposes.
-        study.sampler = optuna.samplers.TPESampler(seed=tune.seed if found.owner else tune.seed + os.getpid())
+        found = shared.find_parent(study, created, storage)
+        if shared.finished_by_a_twin(study, found, tune.n_trials, started_at):
+            print(f"study '{study_name}' was completed by another process (parent run {found.finished_parent}) "
+                  "while this one started: nothing left to run or register", flush=True)
+            return {"run_id": found.finished_parent, "trials_run_now": 0, "owner": False}
+        # The owner samples with --seed (one process: the same trials every time), offset by the
+        # trials the study holds so that a reopened study does not propose its first trials again;
+        # workers that attach mix in their pid so they do not propose what the owner proposes.
+        held = len(study.trials)
+        study.sampler = optuna.samplers.TPESampler(seed=tune.seed + held if found.owner else tune.seed + os.getpid())
         objective = make_objective(logits, val_masks, space)
         if not found.owner:
             print(f"attaching to study '{study_name}' (parent run {found.run_id})", flush=True)
@@ -77,32 +86,29 @@ def run_tune(data_dir: str, tune: TuneConfig = TuneConfig(), progress: bool = Tr
 
         with tracking.stage_run("tune", run_name="tune", run_id=found.run_id) as parent:
             parent_id = parent.info.run_id
-            shared.fail_stale_trials(study)
+            heartbeats = shared.has_heartbeats(storage)
+            shared.fail_stale_trials(study, heartbeats)
             enqueue_seed_default(study, space)
             if found.run_id is None:
                 tracking.log_params({"data_dir": data_dir, "n_trials": tune.n_trials, "seed": tune.seed,
                                      "threshold_range": f"{tune.threshold_min}-{tune.threshold_max}",
                                      "min_area_range_at_img_size": f"{space.min_area[0]}-{space.min_area[1]}",
                                      "img_size": size, "storage": mask_url(storage), "study_name": study_name,
-                                     "unetpp_run": runs["unetpp"], "deeplab_run": runs["deeplab"], "workers": tune.workers})
+                                     "unetpp_run": runs["unetpp"], "deeplab_run": runs["deeplab"]})
                 tracking.log_manifest(data.manifest, data.root, context="tuning", key=data.key)
                 log_member_inputs(parent_id, runs)
             base = baselines(logits, val_masks)
             mlflow.log_metrics(base)
             # Trials finished before (an interrupted process, or an earlier tune of this study)
             # and not yet under this parent are logged now, so one parent shows the whole study.
-            logged = shared.logged_trial_numbers(parent_id)
-            for finished in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
-                if finished.number not in logged:
-                    shared.log_trial(study, finished, parent_id)
+            shared.log_missing_trials(study, parent_id)
             # Published only now: workers waiting for it attach to a parent that is complete so far.
             study.set_user_attr(shared.PARENT_ATTR, parent_id)
             callbacks = [lambda s, t: shared.log_trial(s, t, parent_id), *tune.extra_callbacks]
-            workers = shared.spawn_workers(data_dir, tune, storage, study_name, runs) if tune.workers > 1 else []
             ran = shared.run_trials(study, objective, tune.n_trials, callbacks)
-            shared.wait_workers(workers)
-            shared.wait_for_other_workers(study)
-            ran += shared.run_trials(study, objective, tune.n_trials, callbacks)  # fill what a failed worker left
+            shared.wait_for_other_workers(study, heartbeats)  # processes on other hosts, or attached by hand
+            # Fill what a failed worker left (its stale trials are FAIL now and do not count).
+            ran += shared.run_trials(study, objective, tune.n_trials, callbacks)
 
             best = study.best_trial
             complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 DEFAULT_EXPERIMENT = "potholes"
@@ -43,7 +44,12 @@ def configure(experiment_name: str | None = None, project_root: str | Path = "."
             location = None
             if mlflow.get_tracking_uri().startswith("sqlite:"):
                 location = (root / "mlruns").as_uri()
-            mlflow.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
+            try:
+                mlflow.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
+            except MlflowException as exc:
+                # A twin process (a second tune worker, a parallel train) created it since we looked.
+                if exc.error_code != "RESOURCE_ALREADY_EXISTS" or mlflow.get_experiment_by_name(name) is None:
+                    raise
         experiment_id = mlflow.set_experiment(name).experiment_id
     client = MlflowClient()
     for key, value in EXPERIMENT_KIND.items():

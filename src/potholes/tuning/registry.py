@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
@@ -30,20 +31,28 @@ REGISTERED_MODEL_TAGS = {"task": "binary segmentation", "domain": "road maintena
 NOT_COMPARED_TAG = "potholes.not_compared"
 
 
+def champion_of(registered_model: str):
+    try:
+        return MlflowClient().get_model_version_by_alias(registered_model, CHAMPION)
+    except MlflowException:
+        return None
+
+
 def promote(registered_model: str, version: str, val_dice: float, digest: str | None = None,
-            force: bool = False) -> str | None:
+            force: bool = False, settle_s: float = 0.5) -> str | None:
     """Move ``champion`` to the new version when it beats the current champion's validation Dice
     measured on the same validation data (the same dataset digest); else it gets ``challenger``.
 
     A version tuned on other data is not compared at all (a Dice on synthetic blobs says nothing
     against one on road photos): it gets no alias, a ``potholes.not_compared`` tag and a printed
     note saying why. ``force`` (``tune --promote``) makes the new version champion regardless.
+
+    A concurrent twin (another tune promoting at the same moment) may move the alias between our
+    read and our write: after moving it, the champion is read again (``settle_s`` later) and the
+    move repeated while a worse version holds it, so the better of the two ends as champion.
     Returns the alias given, or None."""
     client = MlflowClient()
-    try:
-        current = client.get_model_version_by_alias(registered_model, CHAMPION)
-    except MlflowException:
-        current = None
+    current = champion_of(registered_model)
     if force or current is None:
         client.set_registered_model_alias(registered_model, CHAMPION, version)
         return CHAMPION
@@ -55,11 +64,16 @@ def promote(registered_model: str, version: str, val_dice: float, digest: str | 
         print(f"note: {registered_model} version {version} stays without an alias: its {reason}; "
               f"tune --promote (-P promote=true) makes it champion anyway", flush=True)
         return None
-    if val_dice > float(current.tags.get("val_dice", "-inf")):
+    for _ in range(10):  # bounded: each round a twin can only have put a better version in
+        if str(current.version) == str(version):
+            return CHAMPION
+        if val_dice <= float(current.tags.get("val_dice", "-inf")) or current.tags.get("dataset_digest") != digest:
+            client.set_registered_model_alias(registered_model, CHALLENGER, version)
+            return CHALLENGER
         client.set_registered_model_alias(registered_model, CHAMPION, version)
-        return CHAMPION
-    client.set_registered_model_alias(registered_model, CHALLENGER, version)
-    return CHALLENGER
+        time.sleep(settle_s)
+        current = champion_of(registered_model) or current
+    return CHAMPION
 
 
 PYPROJECT = Path(__file__).resolve().parents[3] / "pyproject.toml"

@@ -37,7 +37,6 @@ class TuneConfig:
     deeplab_run: str | None = None
     val_fraction: float = 0.15
     split_seed: int = 42
-    workers: int = 1  # local processes sharing the study (the others attach to this one's parent run)
     promote: bool = False  # make the registered version champion even when tuned on other data or worse
     extra_callbacks: tuple[Callable, ...] = field(default=(), compare=False)
 
@@ -46,11 +45,6 @@ class TuneConfig:
             raise ConfigError(f"n_trials must be >= 1, got {self.n_trials}")
         if not 0 < self.threshold_min <= self.threshold_max < 1:
             raise ConfigError(f"need 0 < threshold_min <= threshold_max < 1, got {self.threshold_min}..{self.threshold_max}")
-        if self.workers < 1:
-            raise ConfigError(f"workers must be >= 1, got {self.workers}")
-        if self.workers > 1 and (self.storage or "").startswith("sqlite"):
-            print("note: several workers on SQLite storage wait on its write lock; PostgreSQL or "
-                  "JournalStorage suit them better", flush=True)
         if not 0 <= self.min_area_min <= self.min_area_max:
             raise ConfigError(f"need 0 <= min_area_min <= min_area_max, got {self.min_area_min}..{self.min_area_max}")
 
