@@ -12,20 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import requests
-from common import ModelServer, dataset, parser, report, untrained_store
-
-
-def register(tmp: Path, example: Path, img_size: int) -> str:
-    import mlflow
-
-    from potholes.tuning.registry import log_and_register
-
-    uri, dirs, predictor = untrained_store(tmp, img_size)
-    base = {f"baseline_{k}_dice": 0.0 for k in ("unetpp", "deeplab", "blend50")}
-    with mlflow.start_run(run_name="bench-serving"):
-        log_and_register(predictor, dirs, example, "bench-ensemble", 0.0, base, "bench",
-                         {"unetpp": "-", "deeplab": "-"})
-    return uri
+from common import ModelServer, dataset, parser, register_untrained, report
 
 
 def server_rss_mb(pid: int) -> float:
@@ -78,7 +65,7 @@ def main() -> None:
         tmp = Path(tmp_name)
         data = dataset(args, tmp, n_test=12)
         images = sorted((data / "test" / "images").iterdir())[:8]
-        uri = register(tmp, images[0], args.img_size)
+        uri = register_untrained(tmp, images[0], args.img_size)
         bodies = [{"dataframe_records": [{"image": base64.b64encode(p.read_bytes()).decode()}]} for p in images]
         rows = []
         with ModelServer("models:/bench-ensemble/1", uri) as server:

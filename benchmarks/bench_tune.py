@@ -9,14 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import optuna
-from common import dataset, parser, report, untrained_checkpoints
+from common import parser, report, tune_inputs
 from seed_way import seed_tta_logits
 
-from potholes.data.dataset import build_manifest
 from potholes.inference import postprocess as pp
-from potholes.inference.ensemble import EnsembleConfig, EnsemblePredictor
-from potholes.training.loader import load_split
-from potholes.tuning.search import SearchSpace, make_objective
+from potholes.tuning.search import make_objective
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -30,12 +27,7 @@ def main() -> None:
     if args.quick:
         args.trials, args.seed_trials, args.img_size = 10, 1, 128
     with tempfile.TemporaryDirectory() as tmp:
-        data = dataset(args, Path(tmp), n_train=30)
-        prepared = build_manifest(data, progress=False)
-        images, masks = load_split(prepared.layout.root, prepared.manifest, "val", args.img_size, progress=False)
-        dirs = untrained_checkpoints(Path(tmp) / "ckpt", args.img_size)
-        predictor = EnsemblePredictor.from_checkpoints(dirs, EnsembleConfig(img_size=args.img_size))
-        space = SearchSpace((0.0, 1.0), (0.30, 0.45), (pp.scaled_min_area(100, args.img_size), pp.scaled_min_area(400, args.img_size)))
+        images, masks, predictor, space = tune_inputs(args, Path(tmp), args.img_size)
 
         start = time.perf_counter()
         logits = predictor.member_logits(list(images))

@@ -118,6 +118,23 @@ def untrained_checkpoints(folder: Path, img_size: int) -> dict[str, Path]:
     return dirs
 
 
+def tune_inputs(args, tmp: Path, img_size: int):
+    """What `tune` searches over, with untrained members: the validation split at ``img_size``
+    (images, masks), the ensemble, and the default search space at that size."""
+    from potholes.data.dataset import build_manifest
+    from potholes.inference import postprocess as pp
+    from potholes.inference.ensemble import EnsembleConfig, EnsemblePredictor
+    from potholes.training.loader import load_split
+    from potholes.tuning.search import SearchSpace
+
+    prepared = build_manifest(dataset(args, tmp, n_train=30), progress=False)
+    images, masks = load_split(prepared.layout.root, prepared.manifest, "val", img_size, progress=False)
+    predictor = EnsemblePredictor.from_checkpoints(untrained_checkpoints(tmp / "ckpt", img_size),
+                                                   EnsembleConfig(img_size=img_size))
+    space = SearchSpace((0.0, 1.0), (0.30, 0.45), (pp.scaled_min_area(100, img_size), pp.scaled_min_area(400, img_size)))
+    return images, masks, predictor, space
+
+
 def untrained_store(tmp: Path, img_size: int):
     """A fresh MLflow store in ``tmp`` (the environment's tracking URI too, for servers started
     later) and an ensemble of untrained members: (tracking URI, checkpoint folders, predictor)."""
@@ -132,6 +149,20 @@ def untrained_store(tmp: Path, img_size: int):
     tracking.configure(project_root=tmp)
     dirs = untrained_checkpoints(tmp / "ckpt", img_size)
     return uri, dirs, EnsemblePredictor.from_checkpoints(dirs, EnsembleConfig(img_size=img_size, min_area=25))
+
+
+def register_untrained(tmp: Path, example: Path, img_size: int, name: str = "bench-ensemble") -> str:
+    """`untrained_store` with the ensemble registered as ``name`` version 1, as `tune` registers
+    it (ONNX graphs, slim code, signature); returns the tracking URI."""
+    import mlflow
+
+    from potholes.tuning.registry import log_and_register
+
+    uri, dirs, predictor = untrained_store(tmp, img_size)
+    base = {f"baseline_{k}_dice": 0.0 for k in ("unetpp", "deeplab", "blend50")}
+    with mlflow.start_run(run_name=f"register-{name}"):
+        log_and_register(predictor, dirs, example, name, 0.0, base, "bench", {"unetpp": "-", "deeplab": "-"})
+    return uri
 
 
 def stage_seconds(metrics: dict) -> dict:

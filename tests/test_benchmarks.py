@@ -31,6 +31,12 @@ SCRIPTS = {
     "bench_served_model.py": ("served_model", lambda r: [row["model"] for row in r["rows"]] == ["before", "after"]
                               and r["rows"][1]["pinned_packages"] < r["rows"][0]["pinned_packages"]
                               and r["rows"][1]["shipped_py_files"] < r["rows"][0]["shipped_py_files"]),
+    "bench_predict_memory.py": ("predict_memory", lambda r: r["rows"][0]["large_images"] == 10 * r["rows"][0]["small_images"]
+                                and r["rows"][0]["large_peak_rss_mb"] > 100 and r["rows"][0]["small_peak_rss_mb"] > 100),
+    "bench_tune_workers.py": ("tune_workers", lambda r: r["rows"][0]["trials"] == 20
+                              and r["rows"][0]["trials_run"].split(" / ")[0] == "20"),
+    "bench_contention.py": ("contention", lambda r: len(r["rows"]) == 4
+                            and all(row["quiet_s_per_step"] > 0 and row["busy_s_per_step"] > 0 for row in r["rows"])),
     "bench_scale.py": ("scale", lambda r: r["rows"][0]["train_pairs"] == 30 and r["rows"][0]["wall_seconds"] > 0),
 }
 

@@ -101,3 +101,21 @@ def test_invalid_values_name_the_parameter(kwargs, message):
     preset = kwargs.pop("preset", "smoke")
     with pytest.raises(ConfigError, match=message):
         resolve_config(model, preset, **kwargs)
+
+
+def test_threads_are_fixed_per_run_from_the_cores_a_process_owns_or_potholes_threads(monkeypatch):
+    import os
+
+    from potholes.errors import ParamError
+    from potholes.inference.runtime import cpu_cores
+
+    monkeypatch.delenv("POTHOLES_THREADS", raising=False)
+    owned = len(os.sched_getaffinity(0))
+    assert resolve_config("unetpp", "smoke").threads == owned
+    assert resolve_config("unetpp", "smoke", world_size=2).threads == max(1, owned // 2)  # shared by the ranks
+    assert resolve_config("unetpp", "smoke", threads=1).threads == 1
+    monkeypatch.setenv("POTHOLES_THREADS", "3")
+    assert cpu_cores() == 3 and resolve_config("unetpp", "smoke").threads == 3
+    monkeypatch.setenv("POTHOLES_THREADS", "two")
+    with pytest.raises(ParamError, match="POTHOLES_THREADS.*'two'"):
+        cpu_cores()

@@ -143,15 +143,17 @@ def test_interrupt_then_resume_continues_the_same_run(tracking_store, synth_data
 def test_resume_names_every_setting_and_the_data_that_differ(tracking_store, synth_data, monkeypatch):
     tracking.configure()
     interrupt_on_round(monkeypatch, 2, KeyboardInterrupt())
+    first = resolve_config("unetpp", "smoke")
     with pytest.raises(KeyboardInterrupt):
-        run_train(resolve_config("unetpp", "smoke"), str(synth_data), progress=False)
+        run_train(first, str(synth_data), progress=False)
     run_id = mlflow.search_runs(output_format="list")[0].info.run_id
-    other = resolve_config("deeplab", "smoke", lr=0.01, split_seed=7, resume=run_id)
+    other = resolve_config("deeplab", "smoke", lr=0.01, split_seed=7, threads=first.threads + 1, resume=run_id)
     with pytest.raises(ConfigError) as refused:
         run_train(other, str(synth_data), progress=False)
     message = str(refused.value)
     for difference in ("model: the run has unetpp, this command deeplab", "lr: the run has 0.001, this command 0.01",
-                       "split_seed: the run has 42, this command 7", "dataset digest: the run trained on"):
+                       "split_seed: the run has 42, this command 7", "dataset digest: the run trained on",
+                       f"threads: the run has {first.threads}, this command {first.threads + 1}"):
         assert difference in message, message  # all of them in one message
     # the same settings on other data: only the digest differs
     with pytest.raises(ConfigError, match="(?s)1 difference.*dataset digest"):

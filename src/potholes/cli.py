@@ -153,6 +153,10 @@ def prepare(ctx: click.Context, data_dir: str, val_fraction: float, seed: int) -
 
 @click.option("--num-workers", type=PRESET_INT, default=None,
               help="DataLoader worker processes; results do not depend on it  [default: the preset's]")
+@click.option("--threads", type=Maybe(int, "auto"), default=None,
+              help="CPU threads of the training step; on CPU results depend on it. On a machine where other "
+                   "processes take cores, the cores left free (e.g. 1)  [default: auto, the cores this process "
+                   "owns, or POTHOLES_THREADS]")
 
 
 @click.option("--seed", type=Maybe(int, "default"), default=None, help="training seed  [default: 42]")
@@ -240,10 +244,6 @@ def train(ctx: click.Context, data_dir: str, model: str, preset: str, resume: st
               help="Optuna study  [default: auto, from the two runs and the split]")
 
 
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1),
-              help="local processes sharing the study's trials")
-
-
 @click.option("--registered-model", default="pothole-ensemble", show_default=True, help="model registry name")
 @click.option("--promote", type=click.BOOL, default=False, show_default=True,
               help="make the new version @champion even when it was tuned on other validation data or scores "
@@ -296,7 +296,7 @@ def tune(ctx: click.Context, data_dir: str, **options) -> None:
 def predict(ctx: click.Context, data_dir: str, model_uri: str, output: str, batch_size: int, runtime: str,
             engine: str, spark_master: str) -> None:
     """Write an RLE submission (ImageId,rle) in sample_submission order with the registered ensemble,
-    and potholes.csv (one row per pothole) beside it."""
+    and its pothole table (one row per pothole) beside it: OUTPUT's stem + .potholes.csv."""
     from potholes.stages.predict import PredictConfig, run_predict
 
     try:

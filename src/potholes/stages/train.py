@@ -69,6 +69,7 @@ def run_train(config: TrainConfig, data_dir: str, progress: bool = True) -> dict
     if main:
         print("resolved config:", ", ".join(f"{k}={v}" for k, v in config.as_params().items()), flush=True)
     device = device_for_training(config.deterministic)
+    torch.set_num_threads(config.threads)  # fixed for the run: on CPU the results depend on it
     data = open_stage_data(data_dir, config.val_fraction, config.split_seed, config.img_size, progress)
     root, manifest = data.root, data.manifest
     plan = plan_training(train_images=data.count("train"), batch_size=config.batch_size,

@@ -78,6 +78,10 @@ class TrainConfig:
     split_seed: int = 42
     resume: str | None = None
     world_size: int = 1  # processes training together (torchrun / --nproc); the results depend on it
+    # CPU threads of each training process; on CPU the results depend on it (reductions split by
+    # thread), so it is fixed for a run and logged. 0 = auto: the cores the process owns (or
+    # POTHOLES_THREADS) shared among world_size processes. Fewer on a busy machine: BENCHMARKS row 13.
+    threads: int = 0
     preset_reason: str = field(default="", compare=False)
 
     def model_config(self) -> dict:
@@ -163,6 +167,10 @@ def resolve_config(model: str, preset: str = "auto", cuda_available: bool | None
     values.setdefault("std", std)
     if "freeze_stride" not in explicit and not _pretrained_timm(values["encoder"], values["encoder_weights"]):
         values["freeze_stride"] = 0  # the preset's frozen layers only make sense pretrained
+    if not values.get("threads"):
+        from potholes.inference.runtime import cpu_cores
+
+        values["threads"] = max(1, cpu_cores() // values.get("world_size", 1))
     config = TrainConfig(model=model, preset=preset, preset_reason=reason, **values)
     validate(config)
     return config
@@ -227,3 +235,5 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError(f"num_workers must be >= 0, got {config.num_workers}")
     if config.world_size < 1:
         raise ConfigError(f"world_size must be a positive integer, got {config.world_size}")
+    if config.threads < 0:
+        raise ConfigError(f"threads must be a positive integer (or 'auto'), got {config.threads}")

@@ -22,7 +22,8 @@ MODEL_TAG = "potholes.logged_model_id"
 # split (the data itself is compared by the manifest's dataset digest).
 MUST_MATCH = ("model", "encoder", "encoder_weights", "freeze_stride", "img_size", "crop_size", "mean", "std",
               "steps", "epochs", "rounds", "warmup", "ema", "batch_size", "world_size", "lr", "weight_decay",
-              "loss", "focal_weight", "focal_gamma", "val_threshold", "precision", "seed", "val_fraction", "split_seed")
+              "loss", "focal_weight", "focal_gamma", "val_threshold", "precision", "seed", "val_fraction", "split_seed",
+              "threads")
 
 
 @dataclass
