@@ -18,7 +18,7 @@ from potholes.inference.ensemble import (
     resize_batch,
     tta_logits,
 )
-from potholes.stages.predict import predict_submission, submission_order
+from potholes.stages.predict import local_rows, submission_order
 
 
 def main() -> None:
@@ -35,10 +35,10 @@ def main() -> None:
         predictor = EnsemblePredictor.from_checkpoints(dirs, EnsembleConfig(img_size=args.img_size, min_area=25),
                                                        batch_size=args.batch_size)
         n = len(order)
-        predict_submission(predictor, order[: args.batch_size], args.batch_size, progress=False)  # warm-up
+        list(local_rows(predictor, order[: args.batch_size], progress=False))  # warm-up
 
         start = time.perf_counter()
-        predict_submission(predictor, order, args.batch_size, progress=False)
+        list(local_rows(predictor, order, progress=False))
         full = time.perf_counter() - start
 
         images = [read_image(path) for _, path in order]

@@ -86,13 +86,13 @@ def main() -> None:
 
         import mlflow
 
-        from potholes.stages.predict import predict_submission
+        from potholes.stages.predict import local_rows
 
         predictor = mlflow.pyfunc.load_model("models:/bench-ensemble/1").unwrap_python_model().predictor
         order = [(p.name, p) for p in images]
-        predict_submission(predictor, order[:2], progress=False)  # warm-up
+        list(local_rows(predictor, order[:2], progress=False))  # warm-up
         start = time.perf_counter()
-        predict_submission(predictor, order, progress=False)
+        list(local_rows(predictor, order, progress=False))
         predict_rate = len(order) / (time.perf_counter() - start)
     for row in rows:
         row["predict_img_per_s"] = predict_rate
