@@ -26,12 +26,7 @@ from potholes.reporting import size_buckets
 from potholes.scale import (
     spark as spark_scoring,  # imports no pyspark until --engine spark runs
 )
-from potholes.stages.predict_outputs import (  # noqa: F401
-    AtomicCsv,
-    ImageScores,
-    potholes_path,
-    write_csv_atomically,
-)
+from potholes.stages.predict_outputs import AtomicCsv, ImageScores, potholes_path
 
 DEFAULT_MODEL_URI = "models:/pothole-ensemble@champion"
 

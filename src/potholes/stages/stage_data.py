@@ -44,8 +44,7 @@ class StageData:
             return load_split(self.root, self.manifest, split, self.img_size, self.progress)
         ids = self.manifest.loc[self.manifest["split"] == split, "id"]
         pairs = [self._kept.pop(i) for i in ids]  # handed over once: the stage holds one copy
-        return (np.stack([p[0] for p in pairs]).reshape(-1, self.img_size, self.img_size, 3),
-                np.stack([p[1] for p in pairs]).reshape(-1, self.img_size, self.img_size))
+        return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
 
 def open_stage_data(data_dir: str, val_fraction: float, split_seed: int, img_size: int | None,
