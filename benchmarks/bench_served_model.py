@@ -25,8 +25,8 @@ def log_both(tmp: Path, example: Path, img_size: int) -> tuple[str, dict[str, st
     import pandas as pd
 
     from potholes.inference.export import export_members
-    from potholes.tuning import model_package
-    from potholes.tuning.registry import pinned_requirements
+    from potholes.packaging import model_package
+    from potholes.packaging.model_package import pinned_requirements
 
     uri, dirs, predictor = untrained_store(tmp, img_size)
     config_path = predictor.config.save(tmp / "ensemble_config.json")

@@ -64,6 +64,7 @@ def smoke_store(tmp_path_factory, synth_data):
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     saved_env, saved_cwd = dict(os.environ), os.getcwd()
     os.environ["MLFLOW_TRACKING_URI"] = uri
+    os.environ["MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"] = "0.5"  # short runs still get samples
     os.chdir(workdir)
     try:
         mlflow.set_tracking_uri(uri)

@@ -24,7 +24,7 @@ def test_conda_yaml_mirrors_the_pinned_dependencies():
 
 
 def test_scale_extra_stays_out_of_the_registered_models_requirements():
-    from potholes.tuning.registry import pinned_requirements
+    from potholes.packaging.model_package import pinned_requirements
 
     requirements = pinned_requirements()
     assert requirements and not any(r.startswith(("pyspark", "psycopg", "pgserver")) for r in requirements)
@@ -36,7 +36,7 @@ def test_the_registered_models_pins_come_from_pyproject_without_an_installed_dis
     runs that environment for real)."""
     import importlib.metadata
 
-    from potholes.tuning.registry import pinned_requirements
+    from potholes.packaging.model_package import pinned_requirements
 
     def not_installed(name):
         raise importlib.metadata.PackageNotFoundError(name)

@@ -41,7 +41,7 @@ def test_submission_follows_sample_order_and_scores_test_masks(in_smoke_store, t
                              output_format="list")[0]
     assert 0 <= run.data.metrics["test_dice"] <= 1 and run.data.metrics["test_dice"] == pytest.approx(result["test_dice"])
     assert {"submission.csv", "submission.potholes.csv", "test_scores.csv",
-            "plots/worst_test_images.png"} <= artifacts(run.info.run_id)
+            "tables/test_images.json"} <= artifacts(run.info.run_id)
 
 
 def test_potholes_csv_lists_each_component_of_each_submitted_mask(in_smoke_store, tmp_path):
@@ -172,9 +172,12 @@ def test_test_scores_keep_numbers_for_every_image_and_masks_of_the_worst_only(sy
     for k, (image_id, path) in enumerate(order):  # predictions of falling quality: the last two are the worst
         pred = truth[image_id].copy()
         pred[: k * 4] = 1 - pred[: k * 4]
-        scores.add(image_id, path, lambda pred=pred: pred)
+        scores.add(image_id, path, lambda pred=pred: pred, potholes=k)
     frame = scores.frame()
     assert frame["ImageId"].tolist() == [i for i, _ in order]
+    assert frame["predicted_potholes"].tolist() == list(range(len(order)))
+    assert frame["true_potholes"].tolist() == [cv2.connectedComponents(truth[i], connectivity=8)[0] - 1
+                                               for i, _ in order]
     worst = frame.nsmallest(2, "dice")["ImageId"].tolist()
     assert sorted(scores.worst_masks()) == sorted(worst)
 def test_batched_predictions_equal_one_at_a_time(in_smoke_store):

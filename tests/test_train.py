@@ -40,7 +40,7 @@ def test_smoke_training_is_fully_tracked(in_smoke_store, model):
     assert lrs[0] > 0 and lrs[1] == pytest.approx(0, abs=1e-12)  # the cosine ends at 0 on the last step
     files = artifacts(result["run_id"])
     assert {"checkpoints/best/model.safetensors", "checkpoints/best/model_config.json", "checkpoints/last/last.pt",
-            "plots/curves.png", "plots/val_predictions.png", "manifest.csv"} <= files
+            "plots/curves.png", "manifest.csv"} <= files
     prepared = build_manifest(in_smoke_store.data, progress=False)
     expected = tracking.manifest_dataset(prepared.manifest, prepared.layout.root).digest
     assert tracking.run_dataset_digest(result["run_id"]) == expected

@@ -212,11 +212,13 @@ def train(ctx: click.Context, data_dir: str, model: str, preset: str, resume: st
 @cli.command()
 @click.option("--data-dir", default="data", show_default=True, help=DATA_DIR_HELP)
 @click.option("--unetpp-run", type=Maybe(str, "latest"), default=None,
-              help="UNet++ train run id  [default: latest, the newest finished one on this split]")
+              help="UNet++ train run id, or best (highest best_val_dice on this split)  "
+                   "[default: latest, the newest finished one on this split]")
 
 
 @click.option("--deeplab-run", type=Maybe(str, "latest"), default=None,
-              help="DeepLabV3+ train run id  [default: latest, the newest finished one on this split]")
+              help="DeepLabV3+ train run id, or best (highest best_val_dice on this split)  "
+                   "[default: latest, the newest finished one on this split]")
 
 
 @click.option("--n-trials", default=40, show_default=True, type=click.IntRange(min=1),

@@ -72,13 +72,15 @@ def resize_batch(images: list[np.ndarray], size: int) -> np.ndarray:
 class EnsemblePredictor:
     """Both members, the tuned post-processing, and the runtime that runs the networks: torch
     (``models``), ONNX Runtime (``onnx``, the graphs stored with a registered model) or OpenVINO
-    (the same graphs, compiled on first use: fp32 encoders, bf16 decoders where the CPU has bf16)."""
+    (the same graphs, compiled on first use: fp32 encoders, bf16 decoders where the CPU has bf16).
+
+    With one member alone it is that network's predictor (the model a train run logs): the same
+    TTA, thresholding and pothole description, without the blend."""
 
     def __init__(self, models: dict[str, torch.nn.Module], config: EnsembleConfig, batch_size: int | None = None,
                  onnx: OnnxMembers | None = None, runtime: str = "auto"):
-        missing = set(MEMBERS) - set(models)
-        if missing:
-            raise ValueError(f"ensemble needs models {MEMBERS}, missing {sorted(missing)}")
+        if not (set(models) == set(MEMBERS) or (len(models) == 1 and set(models) <= set(MEMBERS))):
+            raise ValueError(f"an ensemble needs the models {MEMBERS} (or one of them alone), got {sorted(models)}")
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.models = {name: model.eval().to(self.device, memory_format=torch.channels_last)
                        for name, model in models.items()}
@@ -130,11 +132,11 @@ class EnsemblePredictor:
         """Each member's TTA logits at the ensemble's size, batch by batch: {name: (N,S,S)}."""
         run = self._member_runner(self.runtime_for(runtime))
         size = self.config.img_size
-        out: dict[str, list[np.ndarray]] = {name: [] for name in MEMBERS}
+        out: dict[str, list[np.ndarray]] = {name: [] for name in self.members}
         for start in range(0, len(images), self.batch_size):
             chunk = images[start:start + self.batch_size]
             resized: dict[int, np.ndarray] = {}
-            for name in MEMBERS:
+            for name in self.members:
                 member_size = int(self.config.members[name]["img_size"])
                 if member_size not in resized:
                     resized[member_size] = resize_batch(chunk, member_size)
@@ -146,8 +148,14 @@ class EnsemblePredictor:
         return {name: np.concatenate(parts) if parts else np.empty((0, size, size), np.float32)
                 for name, parts in out.items()}
 
+    @property
+    def members(self) -> list[str]:
+        return [name for name in MEMBERS if name in self.models]
+
     def probabilities(self, images: list[np.ndarray], runtime: str | None = None) -> np.ndarray:
         logits = self.member_logits(images, runtime)
+        if len(logits) == 1:
+            return pp.sigmoid(next(iter(logits.values())))
         return pp.sigmoid(pp.blend_logits(logits["unetpp"], logits["deeplab"], self.config.w_unetpp))
 
     def predict_masks(self, images: list[np.ndarray], threshold: float | None = None,

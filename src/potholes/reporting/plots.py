@@ -49,26 +49,6 @@ def overlay_grid(panels: list[tuple[str, np.ndarray]], columns: int = 4, size: f
     return fig
 
 
-def validation_overlays(model, images: np.ndarray, masks: np.ndarray, mean, std, threshold: float, device,
-                        count: int = 8):
-    """Truth beside prediction (with its Dice) for the first ``count`` validation images."""
-    import torch
-
-    from potholes.inference.normalize import normalize_batch
-    from potholes.inference.postprocess import dice_score
-
-    take = min(count, len(images))
-    with torch.inference_mode():
-        pred = (torch.sigmoid(model.eval()(normalize_batch(images[:take], mean, std).to(device))) > threshold)
-    pred = pred.cpu().numpy()[:, 0]
-    panels = []
-    for i in range(take):
-        score = dice_score(pred[i], masks[i])
-        panels.append((f"truth #{i}", overlay(images[i], masks[i], color=(0, 255, 0))))
-        panels.append((f"prediction #{i} dice {score:.2f}", overlay(images[i], pred[i], color=(255, 0, 0))))
-    return overlay_grid(panels, columns=4)
-
-
 def training_curves(history: list[dict]):
     """Loss and Dice at the end of each round, against optimizer steps."""
     steps = [h["step"] for h in history]

@@ -1,6 +1,7 @@
 """The registered model as an MLflow pyfunc: it loads the ensemble from the model's artifacts
 (safetensors weights, ONNX graphs, the tuned config) and answers DataFrames of base64 images
-through the request layer (`potholes.serving.requests`)."""
+through the request layer (`potholes.serving.requests`). A train run's LoggedModel is the same
+pyfunc with one member's checkpoint as its only network."""
 
 from __future__ import annotations
 
@@ -19,10 +20,10 @@ class PotholeEnsembleModel(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context) -> None:
         config = EnsembleConfig.load(Path(context.artifacts["ensemble_config"]))
-        dirs = {name: Path(context.artifacts[name]) for name in MEMBERS}
+        dirs = {name: Path(context.artifacts[name]) for name in MEMBERS if name in context.artifacts}
         onnx_dir = context.artifacts.get("onnx")
         self.predictor = EnsemblePredictor.from_checkpoints(dirs, config, onnx_dir=onnx_dir and Path(onnx_dir))
-        if onnx_dir is None and self.predictor.device.type == "cpu":
+        if onnx_dir is None and len(dirs) == len(MEMBERS) and self.predictor.device.type == "cpu":
             print("note: this model version has no ONNX graphs (registered before ONNX export); "
                   "runtime 'auto' runs torch. Run tune again to get the faster ONNX Runtime path.")
 

@@ -29,6 +29,7 @@ from potholes.scale import (
 from potholes.stages.predict_outputs import AtomicCsv, ImageScores, potholes_path
 
 DEFAULT_MODEL_URI = "models:/pothole-ensemble@champion"
+TEST_DATASET = "potholes-test"
 
 
 @dataclass(frozen=True)
@@ -109,16 +110,35 @@ def spark_rows(config: PredictConfig, layout: DatasetLayout, order):
         yield image_id, paths[image_id], rle, (lambda rle=rle, shape=shape: pp.rle_decode(rle, shape)), found
 
 
-def worst_overlays(masks: dict[str, np.ndarray], scores: pd.DataFrame, count: int = 8):
-    from potholes.reporting import plots
+TABLE_COLUMNS = ["ImageId", "dice", "iou", "true_pixels", "predicted_pixels", "true_area_fraction", "size_bucket",
+                 "true_potholes", "predicted_potholes"]
 
-    panels = []
-    for row in scores.nsmallest(count, "dice").itertuples():
-        image = read_image(Path(row.image_path))
-        truth = read_mask(Path(row.mask_path))
-        panels.append((f"{row.ImageId} truth", plots.overlay(image, truth, color=(0, 255, 0))))
-        panels.append((f"dice {row.dice:.2f} prediction", plots.overlay(image, masks[row.ImageId])))
-    return plots.overlay_grid(panels, columns=4)
+
+def test_frame(layout: DatasetLayout, order) -> pd.DataFrame:
+    """The test images (and their masks, when there are any) as a dataset table; its digest
+    follows the files' bytes, so the model's page tells one test set from another."""
+    from potholes.data.dataset import file_number
+    from potholes.data.fingerprint import files_digest
+
+    masks = {} if layout.test_masks is None else {file_number(p): p for p in list_images(layout.test_masks)}
+    frame = pd.DataFrame({"ImageId": [i for i, _ in order],
+                          "image_path": [p.relative_to(layout.root).as_posix() for _, p in order],
+                          "mask_path": [masks[file_number(p)].relative_to(layout.root).as_posix()
+                                        if file_number(p) in masks else "" for _, p in order]})
+    frame["files_digest"] = files_digest(layout.root, [f for f in (layout.test_images, layout.test_masks) if f])
+    return frame
+
+
+def log_worst_images(masks: dict[str, np.ndarray], scores: pd.DataFrame, count: int = 8) -> None:
+    """The lowest-Dice test images in the image grid, outlined, ranked and scored in the key."""
+    import mlflow
+
+    from potholes.reporting import previews
+
+    for rank, row in enumerate(scores.nsmallest(count, "dice").itertuples(), start=1):
+        panel = previews.outline(read_image(Path(row.image_path)), read_mask(Path(row.mask_path)), masks[row.ImageId])
+        mlflow.log_image(panel, key=f"{previews.key(f'test_worst/{rank:02d}', row.image_path)} dice {row.dice:.3f}",
+                         step=0, synchronous=True)
 
 
 def run_predict(data_dir: str, config: PredictConfig = PredictConfig(), progress: bool = True) -> dict:
@@ -140,7 +160,7 @@ def run_predict(data_dir: str, config: PredictConfig = PredictConfig(), progress
         predictor.batch_size = config.batch_size
     predictor.runtime = predictor.runtime_for(config.runtime)  # 'onnx' without graphs fails here, before the run
 
-    with tracking.stage_run("predict", run_name="predict"):
+    with tracking.stage_run("predict", run_name="predict", log_system_metrics=True):
         tracking.log_params({"model_uri": config.model_uri, "data_dir": data_dir, "output": config.output,
                            "batch_size": predictor.batch_size, "num_images": len(order),
                            "runtime": config.runtime, "runtime_used": predictor.runtime,
@@ -157,23 +177,29 @@ def run_predict(data_dir: str, config: PredictConfig = PredictConfig(), progress
             for image_id, path, rle, mask, found in rows:
                 submission.write([{"ImageId": image_id, "rle": rle}])
                 table.write(instances.csv_rows(image_id, found))
-                scores.add(image_id, path, mask)
+                scores.add(image_id, path, mask, len(found))
                 empty += rle == ""
         mlflow.log_artifact(str(output))
         mlflow.log_artifact(str(potholes_csv))
         result = {"output": str(output), "rows": submission.rows, "empty": empty,
                   "potholes_csv": str(potholes_csv), "potholes": table.rows, "runtime": predictor.runtime}
+        # The test metrics belong to the model that was scored and the data it was scored on: the
+        # ensemble's LoggedModel page shows them with the test set's dataset.
+        model_id = getattr(model, "model_id", None)
+        test_set = tracking.pandas_dataset(test_frame(layout, order), layout.test_images, TEST_DATASET)
         per_image = scores.frame()
+        tracking.log_input(test_set, "evaluation" if per_image is not None else "inference", model_id)
         if per_image is not None:
             result |= {"test_dice": float(per_image["dice"].mean()), "test_iou": float(per_image["iou"].mean())}
-            mlflow.log_metrics({"test_dice": result["test_dice"], "test_iou": result["test_iou"]})
+            by_size = size_buckets.summarize(per_image["dice"], per_image["true_area_fraction"], "test")
+            tracking.log_metrics({"test_dice": result["test_dice"], "test_iou": result["test_iou"], **by_size},
+                                 model_id=model_id, dataset=test_set)
+            result |= by_size
             with tempfile.TemporaryDirectory() as tmp:
                 per_image.to_csv(Path(tmp) / "test_scores.csv", index=False)
                 mlflow.log_artifact(str(Path(tmp) / "test_scores.csv"))
-            tracking.log_figure(worst_overlays(scores.worst_masks(), per_image), "plots/worst_test_images.png")
-            by_size = size_buckets.summarize(per_image["dice"], per_image["true_area_fraction"], "test")
-            mlflow.log_metrics(by_size)
-            result |= by_size
+            mlflow.log_table(per_image[TABLE_COLUMNS], "tables/test_images.json")
+            log_worst_images(scores.worst_masks(), per_image)
             tracking.log_figure(size_buckets.figure(per_image["dice"], per_image["true_area_fraction"],
                                                     "test Dice by pothole size"), "plots/test_dice_by_size.png")
         mlflow.log_metrics({"rows": result["rows"], "empty_masks": result["empty"], "potholes": result["potholes"]})

@@ -13,8 +13,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from potholes.data.dataset import DatasetLayout, file_number, list_images, read_mask
+from potholes.data.dataset import (
+    DatasetLayout,
+    component_areas,
+    file_number,
+    list_images,
+    read_mask,
+)
 from potholes.inference import postprocess as pp
+from potholes.reporting import size_buckets
 
 
 def potholes_path(output: Path) -> Path:
@@ -70,8 +77,9 @@ class ImageScores:
         self.records: list[dict] = []
         self.worst_count, self._worst = worst, []  # (dice, position, image_id, mask), lowest first
 
-    def add(self, image_id: str, path: Path, mask: Callable[[], np.ndarray]) -> None:
-        """``mask`` is called only when this image has a true mask (Spark hands RLE, decoded here)."""
+    def add(self, image_id: str, path: Path, mask: Callable[[], np.ndarray], potholes: int) -> None:
+        """``mask`` is called only when this image has a true mask (Spark hands RLE, decoded here);
+        ``potholes`` is how many the prediction found."""
         truth_path = self.truth.get(file_number(path))
         if truth_path is None:
             return
@@ -80,6 +88,8 @@ class ImageScores:
         self.records.append({"ImageId": image_id, "dice": dice, "iou": pp.iou_score(pred, truth),
                              "true_pixels": int(truth.sum()), "predicted_pixels": int(pred.sum()),
                              "true_area_fraction": float(truth.mean()),
+                             "size_bucket": size_buckets.bucket_of(float(truth.mean())),
+                             "true_potholes": len(component_areas(truth)), "predicted_potholes": int(potholes),
                              "image_path": str(path), "mask_path": str(truth_path)})
         key = (dice, len(self.records))  # ties: the earlier image, as pandas' nsmallest keeps
         if len(self._worst) < self.worst_count or key < self._worst[-1][:2]:

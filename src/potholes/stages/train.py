@@ -3,7 +3,6 @@ MLflow; this stage turns each round it reports into metrics, checkpoints and a r
 
 from __future__ import annotations
 
-import copy
 import os
 import tempfile
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import torch
 
 from potholes.errors import ConfigError
+from potholes.reporting import previews
 from potholes.training import augment, distributed
 from potholes.training.config import TrainConfig
 from potholes.training.loader import SegmentationDataset, make_loader
@@ -18,9 +18,11 @@ from potholes.training.loop import TrainState, device_for_training, fit, init_st
 from potholes.training.schedule import plan_training
 
 
-def _log_round(config: TrainConfig, model_id: str, logged_steps: set[int]):
+def _log_round(config: TrainConfig, model_id: str, logged_steps: set[int], dataset, preview):
     """The callback that makes each round visible in MLflow the moment it ends, at the optimizer
-    step where it ends (so runs of different lengths and datasets line up in the UI).
+    step where it ends (so runs of different lengths and datasets line up in the UI): metrics
+    linked to the run's LoggedModel and to the manifest dataset, the preview images by step, and
+    the best checkpoint and resume point as artifacts.
 
     Order matters for ``kill -9``: the best checkpoint, then the metrics, then the resume point.
     A kill between them makes the resumed run redo that round, identically; ``logged_steps``
@@ -29,6 +31,9 @@ def _log_round(config: TrainConfig, model_id: str, logged_steps: set[int]):
     import mlflow
 
     from potholes.inference.networks import save_checkpoint
+    from potholes.tracking import runs as tracking
+
+    keys, images, masks, device = preview
 
     def callback(state: TrainState, metrics: dict, improved: bool) -> None:
         step = metrics["step"]
@@ -37,17 +42,38 @@ def _log_round(config: TrainConfig, model_id: str, logged_steps: set[int]):
                 folder = save_checkpoint(state.best_state, config.model_config() | {"step": step, "val_dice": metrics["val_dice"]},
                                          Path(tmp) / "best")
                 mlflow.log_artifacts(str(folder), "checkpoints/best")
-                mlflow.MlflowClient().log_model_artifacts(model_id, str(folder))
             if step not in logged_steps:
-                mlflow.log_metrics({k: v for k, v in metrics.items() if k != "step"}, step=step, model_id=model_id)
+                tracking.log_metrics({k: v for k, v in metrics.items() if k != "step"}, step, model_id, dataset)
                 if improved:
-                    mlflow.log_metrics({"best_val_dice": metrics["val_dice"], "best_step": step}, step=step,
-                                       model_id=model_id)
+                    tracking.log_metrics({"best_val_dice": metrics["val_dice"], "best_step": step}, step, model_id,
+                                         dataset)
+                # The kept network as validation scores it (no TTA), the same images every round.
+                predicted = previews.predict(state.kept, images, config.mean, config.std, config.val_threshold,
+                                             device) if keys else []
+                for key, image, truth, mask in zip(keys, images, masks, predicted):
+                    mlflow.log_image(previews.outline(image, truth, mask), key=key, step=step, synchronous=True)
             last = Path(tmp) / "last.pt"
             torch.save(state.resume_payload(), last)
             mlflow.log_artifact(str(last), "checkpoints/last")
 
     return callback
+
+
+def _log_member_model(config: TrainConfig, state: TrainState, model_id: str, example_image: Path) -> None:
+    """The best weights as the run's LoggedModel: the served pyfunc with this one network, so
+    ``mlflow.pyfunc.load_model("models:/<model_id>")`` and ``mlflow models serve`` take it alone."""
+    from potholes.inference.ensemble import EnsembleConfig, EnsemblePredictor
+    from potholes.inference.networks import save_checkpoint
+    from potholes.packaging.logged_model import log_pyfunc
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = save_checkpoint(state.best_state, config.model_config() | {"step": state.best_step,
+                                                                           "val_dice": state.best_dice},
+                                 Path(tmp) / config.model)
+        predictor = EnsemblePredictor.from_checkpoints(
+            {config.model: folder}, EnsembleConfig(threshold=config.val_threshold, img_size=config.img_size))
+        log_pyfunc(predictor, {config.model: folder}, example_image, config.model, model_id=model_id,
+                   step=state.best_step)
 
 
 def run_train(config: TrainConfig, data_dir: str, progress: bool = True) -> dict:
@@ -115,7 +141,8 @@ def run_train(config: TrainConfig, data_dir: str, progress: bool = True) -> dict
             # and the epoch metrics are linked to it, so "Logged models" lists it with its Dice.
             model_id = mlflow.initialize_logged_model(
                 name=f"{config.model}-{config.encoder.removeprefix('tu-')}", model_type="pothole-segmentation",
-                params={k: str(v) for k, v in config.model_config().items()}, tags={"potholes.stage": "train"}).model_id
+                params={k: str(v) for k, v in (config.as_params() | config.model_config()).items()},
+                tags={"potholes.stage": "train", "model": config.model}).model_id
             mlflow.set_tags({resume.MODEL_TAG: model_id, "preset_reason": config.preset_reason})
             tracking.log_params(config.as_params() | {"data_dir": data_dir, "device": device.type,
                                                       "num_train": len(train_images), "num_val": len(val_images)})
@@ -124,14 +151,15 @@ def run_train(config: TrainConfig, data_dir: str, progress: bool = True) -> dict
             mlflow.log_params({f"config.plan.{k}": v for k, v in plan.as_params().items()})
             mlflow.log_metric("parameter_count", sum(p.numel() for p in state.model.parameters()))
         digest = tracking.log_manifest(manifest, root, context="training", key=data.key)
-        fit(config, state, train_loader, val_loader, device, on_round_end=_log_round(config, model_id, logged_steps),
+        val_rows = manifest[manifest["split"] == "val"].reset_index(drop=True)
+        shown = previews.choose(val_rows)
+        preview = ([previews.key("val", val_rows.loc[i, "image_path"]) for i in shown], val_images[shown],
+                   val_masks[shown], device)
+        fit(config, state, train_loader, val_loader, device,
+            on_round_end=_log_round(config, model_id, logged_steps, tracking.manifest_dataset(manifest, root), preview),
             progress=progress)
         tracking.log_figure(plots.training_curves(state.history), "plots/curves.png")
-        best = copy.deepcopy(state.kept)
-        if state.best_state is not None:
-            best.load_state_dict(state.best_state)
-        tracking.log_figure(plots.validation_overlays(best, val_images, val_masks, config.mean, config.std,
-                                                      config.val_threshold, device), "plots/val_predictions.png")
+        _log_member_model(config, state, model_id, root / val_rows.loc[0, "image_path"])
         mlflow.finalize_logged_model(model_id, "READY")
         print(f"{config.model}: best val_dice {state.best_dice:.4f} at step {state.best_step}", flush=True)
         return {"run_id": run.info.run_id, "best_val_dice": state.best_dice, "best_step": state.best_step,

@@ -19,17 +19,17 @@ from potholes.inference.ensemble import MEMBERS, EnsembleConfig, EnsemblePredict
 from potholes.tracking import runs as tracking
 from potholes.tracking.redaction import mask_url
 from potholes.tuning import workers as shared
+from potholes.tuning.best_trial import log_best_trial
 from potholes.tuning.registry import log_and_register
 from potholes.tuning.search import (
     SearchSpace,
     TuneConfig,
     baselines,
     check_train_run,
+    choose_train_run,
     default_storage,
     download_best_checkpoint,
     enqueue_seed_default,
-    latest_train_run,
-    log_dice_by_size,
     log_member_inputs,
     log_study_plots,
     make_objective,
@@ -46,8 +46,8 @@ def run_tune(data_dir: str, tune: TuneConfig = TuneConfig(), progress: bool = Tr
     # The model size comes from the members' checkpoints, which are found by the manifest's digest.
     data = open_stage_data(data_dir, tune.val_fraction, tune.split_seed, img_size=None, progress=progress)
     digest = tracking.manifest_dataset(data.manifest, data.root).digest
-    runs = {"unetpp": tune.unetpp_run or latest_train_run("unetpp", digest),
-            "deeplab": tune.deeplab_run or latest_train_run("deeplab", digest)}
+    runs = {"unetpp": choose_train_run("unetpp", tune.unetpp_run, digest),
+            "deeplab": choose_train_run("deeplab", tune.deeplab_run, digest)}
     for name, run_id in runs.items():
         check_train_run(run_id, name, digest)
 
@@ -84,7 +84,7 @@ def run_tune(data_dir: str, tune: TuneConfig = TuneConfig(), progress: bool = Tr
             print(f"worker ran {ran} trial(s) of study '{study_name}'", flush=True)
             return {"run_id": found.run_id, "trials_run_now": ran, "owner": False}
 
-        with tracking.stage_run("tune", run_name="tune", run_id=found.run_id) as parent:
+        with tracking.stage_run("tune", run_name="tune", run_id=found.run_id, log_system_metrics=True) as parent:
             parent_id = parent.info.run_id
             heartbeats = shared.has_heartbeats(storage)
             shared.fail_stale_trials(study, heartbeats)
@@ -115,7 +115,7 @@ def run_tune(data_dir: str, tune: TuneConfig = TuneConfig(), progress: bool = Tr
             mlflow.log_metrics({"best_val_dice": best.value, "trials_run_now": ran, "trials_complete": len(complete),
                                 **{f"best_{k}": float(v) for k, v in best.params.items()}})
             log_study_plots(study)
-            log_dice_by_size(logits, val_masks, data.manifest, best.params)
+            log_best_trial(logits, val_images, val_masks, data.manifest, best.params, best.number)
 
             predictor.config.w_unetpp = float(best.params["w_unetpp"])
             predictor.config.threshold = float(best.params["threshold"])

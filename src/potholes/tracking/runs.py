@@ -132,6 +132,14 @@ def log_params(params: dict) -> None:
     mlflow.log_params({f"config.{key}": value for key, value in params.items()})
 
 
+def log_metrics(metrics: dict, step: int | None = None, model_id: str | None = None, dataset=None) -> None:
+    """Metrics of the active run, linked to a LoggedModel and the dataset they were measured on
+    (the model's page then lists them with that dataset)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # MLflow's integer-column hint, once per call
+        mlflow.log_metrics(metrics, step=step, model_id=model_id, dataset=dataset)
+
+
 def log_json(payload: dict, artifact_file: str) -> None:
     mlflow.log_dict(payload, artifact_file)
 
@@ -143,21 +151,32 @@ def log_figure(fig, artifact_file: str) -> None:
     close(fig)
 
 
-def manifest_dataset(manifest: pd.DataFrame, source: str | Path):
-    """The manifest as an MLflow dataset; its digest identifies files, sizes, masks and split."""
+def pandas_dataset(frame: pd.DataFrame, source: str | Path, name: str):
     with warnings.catch_warnings():
         # MLflow hints about ambiguous local sources and integer columns; neither applies here.
         warnings.simplefilter("ignore", UserWarning)
-        return mlflow.data.from_pandas(manifest, source=str(source), name=DATASET_NAME)
+        return mlflow.data.from_pandas(frame, source=str(source), name=name)
+
+
+def manifest_dataset(manifest: pd.DataFrame, source: str | Path):
+    """The manifest as an MLflow dataset; its digest identifies files, sizes, masks and split."""
+    return pandas_dataset(manifest, source, DATASET_NAME)
+
+
+def log_input(dataset, context: str, model_id: str | None = None) -> None:
+    """A dataset input of the active run, with the LoggedModel it was used with (when known)."""
+    from mlflow.entities import LoggedModelInput
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # MLflow's hint about integer columns
+        mlflow.log_input(dataset, context=context, model=LoggedModelInput(model_id) if model_id else None)
 
 
 def log_manifest(manifest: pd.DataFrame, source: str | Path, context: str, key: str | None = None) -> str:
     """Log the manifest CSV artifact and dataset input (tagged with its files-and-split ``key``,
     so later stages can use it); return the dataset digest."""
     dataset = manifest_dataset(manifest, source)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # MLflow's hint about integer columns
-        mlflow.log_input(dataset, context=context)
+    log_input(dataset, context)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "manifest.csv"
         manifest.to_csv(path, index=False)

@@ -3,10 +3,8 @@ move the ``champion`` alias only to a better version."""
 
 from __future__ import annotations
 
-import importlib.metadata
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import mlflow
@@ -14,7 +12,6 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from potholes.inference.ensemble import MEMBERS, EnsembleConfig, EnsemblePredictor
-from potholes.tuning import model_package
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 REGISTERED_MODEL_DESCRIPTION = (
@@ -76,29 +73,6 @@ def promote(registered_model: str, version: str, val_dice: float, digest: str | 
     return CHAMPION
 
 
-PYPROJECT = Path(__file__).resolve().parents[3] / "pyproject.toml"
-
-
-def pinned_requirements(pyproject: Path = PYPROJECT) -> list[str]:
-    """The project's exact runtime pins, so the served model's environment matches training's.
-
-    Read from ``pyproject.toml`` when the code runs from a checkout (as the MLproject does, in
-    any environment MLflow builds, with no installed ``potholes`` distribution); from the
-    installed distribution's metadata otherwise."""
-    import tomllib
-
-    if pyproject.is_file():
-        project = tomllib.loads(pyproject.read_text()).get("project", {})
-        if project.get("name") == "potholes":
-            return list(project["dependencies"])
-    try:
-        requirements = importlib.metadata.requires("potholes") or []
-    except importlib.metadata.PackageNotFoundError as exc:
-        raise RuntimeError(f"no pins for the registered model: neither {pyproject} nor an installed potholes "
-                           f"distribution was found") from exc
-    return [r for r in requirements if "extra ==" not in r]
-
-
 def model_card(config: EnsembleConfig, val_dice: float, base: dict, digest: str, runs: dict) -> str:
     members = ", ".join(f"{name}: {config.members[name]['encoder']} @ {config.members[name]['img_size']}px "
                         f"(run {runs[name]})" for name in MEMBERS)
@@ -116,38 +90,14 @@ def model_card(config: EnsembleConfig, val_dice: float, base: dict, digest: str,
 def log_and_register(predictor: EnsemblePredictor, checkpoint_dirs: dict[str, Path], example_image: Path,
                      registered_model: str, val_dice: float, base: dict, digest: str, runs: dict,
                      force_champion: bool = False) -> dict:
-    import base64
-
-    import pandas as pd
-    from mlflow.models import infer_signature
-
-    from potholes.data.dataset import read_image
     from potholes.inference.export import export_members
-    from potholes.serving.requests import row_record
+    from potholes.packaging.logged_model import log_pyfunc
 
     config = predictor.config
     with tempfile.TemporaryDirectory() as tmp:
-        config_path = config.save(Path(tmp) / "ensemble_config.json")
-        example = pd.DataFrame({"image": [base64.b64encode(example_image.read_bytes()).decode("ascii")]})
         onnx_dir = export_members(predictor, Path(tmp) / "onnx")  # checked against torch before it is stored
-        code = model_package.stage_code(Path(tmp) / "code")
-        output = pd.DataFrame([row_record(*predictor.predict([read_image(example_image)], runtime="torch")[0])])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # MLflow's hint on integer output columns
-            signature = infer_signature(example, output, params={"threshold": float(config.threshold),
-                                                                 "min_area": int(config.min_area),
-                                                                 "runtime": "auto"})
-            info = mlflow.pyfunc.log_model(
-                name="ensemble",
-                python_model=str(model_package.MODEL_FILE),
-                artifacts={"ensemble_config": str(config_path), "onnx": str(onnx_dir),
-                           **{n: str(d) for n, d in checkpoint_dirs.items()}},
-                code_paths=[str(code)],  # the serving code alone, not the training pipeline
-                signature=signature,
-                input_example=example,
-                pip_requirements=model_package.serve_requirements(pinned_requirements()),
-                registered_model_name=registered_model,
-            )
+        info = log_pyfunc(predictor, {"onnx": onnx_dir, **checkpoint_dirs}, example_image, "ensemble",
+                          registered_model=registered_model)
     version = str(info.registered_model_version)
     client = MlflowClient()
     for key, value in {"val_dice": f"{val_dice:.6f}", "dataset_digest": digest,

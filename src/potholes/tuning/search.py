@@ -63,6 +63,44 @@ def latest_train_run(model: str, digest: str) -> str:
     return runs[0].info.run_id
 
 
+def best_train_run(model: str, digest: str) -> tuple[str, float]:
+    """The train run whose LoggedModel has the highest ``best_val_dice`` measured on the split with
+    ``digest`` (metrics are linked to the manifest dataset they were measured on), among READY
+    models of finished runs: (run id, that Dice)."""
+    from mlflow.entities import LoggedModelStatus
+
+    order = {"field_name": "metrics.best_val_dice", "ascending": False,
+             "dataset_name": tracking.DATASET_NAME, "dataset_digest": digest}
+    found = mlflow.search_logged_models(
+        experiment_ids=[e.experiment_id for e in mlflow.search_experiments()],
+        filter_string=f"tags.`potholes.stage` = 'train' AND params.arch = '{model}'",
+        datasets=[{"dataset_name": tracking.DATASET_NAME, "dataset_digest": digest}], order_by=[order],
+        output_format="list")
+    client = MlflowClient()
+    for logged in found:
+        if logged.status == LoggedModelStatus.READY and logged.source_run_id and \
+                client.get_run(logged.source_run_id).info.status == "FINISHED":
+            dice = max(m.value for m in logged.metrics if m.key == "best_val_dice" and m.dataset_digest == digest)
+            return logged.source_run_id, dice
+    raise ConfigError(f"{model}_run=best: no finished train run of model '{model}' has a logged model with "
+                     f"best_val_dice on this split (dataset digest {digest}); train one first, or pass "
+                     f"{model}_run=latest or a run id")
+
+
+def choose_train_run(model: str, given: str | None, digest: str) -> str:
+    """``given`` run id, or the ``latest`` (None) or ``best`` train run of ``model`` on this split;
+    says which it took."""
+    if given is None:
+        run_id = latest_train_run(model, digest)
+        print(f"{model}_run=latest: run {run_id}, the newest finished one on this split", flush=True)
+    elif given == "best":
+        run_id, dice = best_train_run(model, digest)
+        print(f"{model}_run=best: run {run_id}, best_val_dice {dice:.4f}, the highest on this split", flush=True)
+    else:
+        run_id = given
+    return run_id
+
+
 def check_train_run(run_id: str, model: str, digest: str) -> None:
     try:
         run = MlflowClient().get_run(run_id)
@@ -115,17 +153,6 @@ def min_area_range(tune: TuneConfig, manifest, size: int) -> tuple[int, int]:
               f"at {size} px)", flush=True)
         low, high = min(low, cap), cap
     return low, high
-
-
-def log_dice_by_size(logits: dict[str, np.ndarray], masks: np.ndarray, manifest, params: dict) -> None:
-    """Validation Dice of the best trial by pothole size, and its per-image distribution."""
-    blended = pp.blend_logits(logits["unetpp"], logits["deeplab"], params["w_unetpp"])
-    t = params["threshold"]
-    dice = pp.dice_per_image(blended, masks, float(np.log(t / (1.0 - t))), params["min_area"])
-    fractions = manifest.loc[manifest["split"] == "val", "area_ratio"].to_numpy()
-    mlflow.log_metrics(size_buckets.summarize(dice, fractions, "val"))
-    tracking.log_figure(size_buckets.figure(dice, fractions, "validation Dice by pothole size (best trial)"),
-                        "plots/val_dice_by_size.png")
 
 
 def download_best_checkpoint(run_id: str, dst: Path) -> Path:

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1]  # src/potholes
+PYPROJECT = PACKAGE.parents[1] / "pyproject.toml"
 MODEL_FILE = PACKAGE / "serving" / "model_code.py"
 _NAME = re.compile(r"^[A-Za-z0-9._-]+")
 
@@ -96,3 +97,23 @@ def serve_requirements(pins: list[str], files: list[Path] | None = None) -> list
             if "extra ==" not in requirement and (dep := _distribution(requirement)) in by_name:
                 todo.append(dep)
     return [pin for pin in pins if _distribution(pin) in needed]
+
+
+def pinned_requirements(pyproject: Path = PYPROJECT) -> list[str]:
+    """The project's exact runtime pins, so the served model's environment matches training's.
+
+    Read from ``pyproject.toml`` when the code runs from a checkout (as the MLproject does, in
+    any environment MLflow builds, with no installed ``potholes`` distribution); from the
+    installed distribution's metadata otherwise."""
+    import tomllib
+
+    if pyproject.is_file():
+        project = tomllib.loads(pyproject.read_text()).get("project", {})
+        if project.get("name") == "potholes":
+            return list(project["dependencies"])
+    try:
+        requirements = importlib.metadata.requires("potholes") or []
+    except importlib.metadata.PackageNotFoundError as exc:
+        raise RuntimeError(f"no pins for the registered model: neither {pyproject} nor an installed potholes "
+                           f"distribution was found") from exc
+    return [r for r in requirements if "extra ==" not in r]
