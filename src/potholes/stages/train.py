@@ -35,6 +35,13 @@ def _log_round(config: TrainConfig, model_id: str, logged_steps: set[int], datas
 
     keys, images, masks, device = preview
 
+    def show(state: TrainState, step: int) -> None:
+        """The kept network as validation scores it (no TTA), on the same images every round."""
+        predicted = previews.predict(state.kept, images, config.mean, config.std, config.val_threshold,
+                                     device) if keys else []
+        for key, image, truth, mask in zip(keys, images, masks, predicted):
+            mlflow.log_image(previews.outline(image, truth, mask), key=key, step=step, synchronous=True)
+
     def callback(state: TrainState, metrics: dict, improved: bool) -> None:
         step = metrics["step"]
         with tempfile.TemporaryDirectory() as tmp:
@@ -47,15 +54,12 @@ def _log_round(config: TrainConfig, model_id: str, logged_steps: set[int], datas
                 if improved:
                     tracking.log_metrics({"best_val_dice": metrics["val_dice"], "best_step": step}, step, model_id,
                                          dataset)
-                # The kept network as validation scores it (no TTA), the same images every round.
-                predicted = previews.predict(state.kept, images, config.mean, config.std, config.val_threshold,
-                                             device) if keys else []
-                for key, image, truth, mask in zip(keys, images, masks, predicted):
-                    mlflow.log_image(previews.outline(image, truth, mask), key=key, step=step, synchronous=True)
+                show(state, step)
             last = Path(tmp) / "last.pt"
             torch.save(state.resume_payload(), last)
             mlflow.log_artifact(str(last), "checkpoints/last")
 
+    callback.show = show
     return callback
 
 
@@ -155,9 +159,10 @@ def run_train(config: TrainConfig, data_dir: str, progress: bool = True) -> dict
         shown = previews.choose(val_rows)
         preview = ([previews.key("val", val_rows.loc[i, "image_path"]) for i in shown], val_images[shown],
                    val_masks[shown], device)
-        fit(config, state, train_loader, val_loader, device,
-            on_round_end=_log_round(config, model_id, logged_steps, tracking.manifest_dataset(manifest, root), preview),
-            progress=progress)
+        on_round_end = _log_round(config, model_id, logged_steps, tracking.manifest_dataset(manifest, root), preview)
+        if state.round == 0:  # step 0, where the image grid opens: the network before its first step
+            on_round_end.show(state, 0)
+        fit(config, state, train_loader, val_loader, device, on_round_end=on_round_end, progress=progress)
         tracking.log_figure(plots.training_curves(state.history), "plots/curves.png")
         _log_member_model(config, state, model_id, root / val_rows.loc[0, "image_path"])
         mlflow.finalize_logged_model(model_id, "READY")

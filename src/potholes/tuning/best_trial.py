@@ -39,7 +39,7 @@ def image_table(masks: np.ndarray, truth: np.ndarray, val: pd.DataFrame, trial: 
 def log_best_trial(logits: dict[str, np.ndarray], images: np.ndarray, truth: np.ndarray, manifest: pd.DataFrame,
                    params: dict, trial: int) -> pd.DataFrame:
     """Log the best trial's per-size metrics and figure, its per-image table and its previews
-    (at step ``trial``); returns the table. A reopened study appends its new best trial's rows
+    (at step 0, where the image grid opens); returns the table. A reopened study appends its new best trial's rows
     to the same table (MLflow's log_table appends), told apart by ``trial``."""
     val = manifest[manifest["split"] == "val"].reset_index(drop=True)
     masks = best_masks(logits, params)
@@ -50,5 +50,5 @@ def log_best_trial(logits: dict[str, np.ndarray], images: np.ndarray, truth: np.
     mlflow.log_table(table, TABLE_FILE)
     for i in previews.choose(val):
         mlflow.log_image(previews.outline(images[i], truth[i], masks[i]),
-                         key=previews.key("val", val.loc[i, "image_path"]), step=trial, synchronous=True)
+                         key=previews.key("val", val.loc[i, "image_path"]), step=0, synchronous=True)
     return table
