@@ -65,7 +65,7 @@ def _log_round(config: TrainConfig, model_id: str, logged_steps: set[int], datas
 
 def _log_member_model(config: TrainConfig, state: TrainState, model_id: str, example_image: Path) -> None:
     """The best weights as the run's LoggedModel: the served pyfunc with this one network, so
-    ``mlflow.pyfunc.load_model("models:/<model_id>")`` and ``mlflow models serve`` take it alone."""
+    ``mlflow.pyfunc.load_model("models:/<model_id>")`` takes it alone."""
     from potholes.inference.ensemble import EnsembleConfig, EnsemblePredictor
     from potholes.inference.networks import save_checkpoint
     from potholes.packaging.logged_model import log_pyfunc
