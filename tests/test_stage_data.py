@@ -44,6 +44,14 @@ def stage_of(run_id: str) -> dict:
     return MlflowClient().get_run(run_id).data.tags
 
 
+def first_val_image(run_id: str, data: Path, tmp_path: Path):
+    """The validation rows of the manifest a run logged, and its first image's content digest."""
+    manifest = read_manifest(Path(mlflow.artifacts.download_artifacts(
+        run_id=run_id, artifact_path="manifest.csv", dst_path=str(tmp_path))))
+    val = manifest[manifest["split"] == "val"]
+    return val, hashlib.sha256((data / val["image_path"].iloc[0]).read_bytes()).hexdigest()
+
+
 def test_train_and_tune_use_the_manifest_prepare_logged_and_decode_each_file_once(tracking_store, synth_data, decodes,
                                                                                  tmp_path):
     tracking.configure()
@@ -53,38 +61,39 @@ def test_train_and_tune_use_the_manifest_prepare_logged_and_decode_each_file_onc
     assert decodes == train_files  # the overlay plot reuses the scan's pixels
     prepare_run = mlflow.search_runs(filter_string="tags.`potholes.stage` = 'prepare'",
                                      output_format="list")[0].info.run_id
+    val, example = first_val_image(prepare_run, synth_data, tmp_path)
 
     decodes.clear()
     trained = {m: run_train(resolve_config(m, "smoke"), str(synth_data), progress=False) for m in ("unetpp", "deeplab")}
-    assert decodes == train_files + train_files  # once per train stage
+    # Once per train stage; each run's LoggedModel decodes its input example (the first
+    # validation image) once more, to build its signature: the model's reading, not the stage's.
+    assert decodes == train_files + train_files + Counter({example: 2})
     for result in trained.values():
         assert stage_of(result["run_id"])["potholes.manifest_from_run"] == prepare_run
         assert result["dataset_digest"] == summary["dataset_digest"]
 
     decodes.clear()
     tuned = run_tune(str(synth_data), TuneConfig(n_trials=2), progress=False)
-    manifest = read_manifest(Path(mlflow.artifacts.download_artifacts(
-        run_id=tuned["run_id"], artifact_path="manifest.csv", dst_path=str(tmp_path))))
-    val = manifest[manifest["split"] == "val"]
+    assert first_val_image(tuned["run_id"], synth_data, tmp_path / "tuned")[1] == example  # the same split
     val_files = (contents(synth_data / "train" / "images", set(Path(p).name for p in val["image_path"]))
                  + contents(synth_data / "train" / "mask", set(Path(p).name for p in val["mask_path"])))
-    # Registering the model decodes its input example (the first validation image) again, to
-    # build the signature and check the example: that is the model's, not the stage's reading.
-    example = hashlib.sha256((synth_data / val["image_path"].iloc[0]).read_bytes()).hexdigest()
+    # Registering the model decodes its input example again, to build the signature and check
+    # the example: that is the model's, not the stage's reading.
     assert decodes[example] >= 1
     del decodes[example], val_files[example]
     assert decodes == val_files  # tune reads only the validation split, once
     assert tracking.run_dataset_digest(tuned["run_id"]) == summary["dataset_digest"]
 
 
-def test_another_split_is_checked_and_decoded_once_here(tracking_store, synth_data, decodes):
+def test_another_split_is_checked_and_decoded_once_here(tracking_store, synth_data, decodes, tmp_path):
     tracking.configure()
     run_prepare(str(synth_data), SplitConfig(seed=42), progress=False)
     decodes.clear()
     config = resolve_config("unetpp", "smoke", split_seed=7)
     result = run_train(config, str(synth_data), progress=False)
     train_files = contents(synth_data / "train" / "images") + contents(synth_data / "train" / "mask")
-    assert decodes == train_files
+    example = first_val_image(result["run_id"], synth_data, tmp_path)[1]
+    assert decodes == train_files + Counter({example: 1})  # and the LoggedModel's input example
     assert "potholes.manifest_from_run" not in stage_of(result["run_id"])
 
 

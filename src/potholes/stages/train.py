@@ -160,7 +160,7 @@ def run_train(config: TrainConfig, data_dir: str, progress: bool = True) -> dict
         preview = ([previews.key("val", val_rows.loc[i, "image_path"]) for i in shown], val_images[shown],
                    val_masks[shown], device)
         on_round_end = _log_round(config, model_id, logged_steps, tracking.manifest_dataset(manifest, root), preview)
-        if state.round == 0:  # step 0, where the image grid opens: the network before its first step
+        if not config.resume:  # step 0, where the image grid opens: the network before its first step
             on_round_end.show(state, 0)
         fit(config, state, train_loader, val_loader, device, on_round_end=on_round_end, progress=progress)
         tracking.log_figure(plots.training_curves(state.history), "plots/curves.png")
