@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import time
 
 import mlflow
 import optuna
@@ -239,3 +240,26 @@ def test_a_study_a_twin_completed_while_this_tune_started_is_left_as_it_is(tmp_p
     assert shared.finished_by_a_twin(study, ended_since, 3, started)
     assert not shared.finished_by_a_twin(study, ended_before, 3, started)  # tuned earlier: a new parent shows it
     assert not shared.finished_by_a_twin(study, ended_since, 5, started)  # a larger quota: trials left to run
+
+
+def test_a_trial_its_worker_left_before_recording_it_is_failed_not_waited_on(tmp_path):
+    """kill -9 between Optuna's ask and the worker's first write leaves a RUNNING trial with no
+    heartbeat and no record: the owner fails it after watching it that long, and only it."""
+    from potholes.tuning.workers import (
+        PROCESS_ATTR,
+        open_study,
+        process_record,
+        wait_for_other_workers,
+    )
+
+    study, _ = open_study("orphan", f"sqlite:///{tmp_path / 'study.db'}")
+    orphan = study.ask()  # RUNNING, nobody's
+    started = time.monotonic()
+    wait_for_other_workers(study, heartbeats=True, timeout_s=30, poll_s=0.05, unrecorded_s=0.5)
+    assert time.monotonic() - started < 20  # not the whole bounded wait
+    assert study.trials[orphan.number].state == optuna.trial.TrialState.FAIL
+
+    alive = study.ask()
+    alive.set_user_attr(PROCESS_ATTR, process_record())  # this live process's trial
+    wait_for_other_workers(study, heartbeats=True, timeout_s=1.5, poll_s=0.05, unrecorded_s=0.5)
+    assert study.trials[alive.number].state == optuna.trial.TrialState.RUNNING

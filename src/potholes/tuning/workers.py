@@ -210,13 +210,26 @@ def run_trials(study: optuna.Study, objective, n_trials: int, callbacks: list, n
 
 
 def wait_for_other_workers(study: optuna.Study, heartbeats: bool, timeout_s: float = 600.0,
-                           poll_s: float = 0.5) -> None:
-    """The owner registers only once every trial has finished (bounded wait)."""
+                           poll_s: float = 0.5, unrecorded_s: float = GRACE_S) -> None:
+    """The owner registers only once every trial has finished (bounded wait).
+
+    A worker writes its record into a trial within moments of asking for it; a trial that this
+    process watches stay RUNNING without a record for ``unrecorded_s`` (measured on this process's
+    own clock) lost its worker in that moment, before any heartbeat or record said whose it was,
+    and is failed."""
     deadline = time.monotonic() + timeout_s
+    unrecorded: dict[int, float] = {}
     while time.monotonic() < deadline:
         fail_stale_trials(study, heartbeats)
-        if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if not running:
             return
+        now = time.monotonic()
+        for trial in running:
+            if PROCESS_ATTR in trial.user_attrs:
+                unrecorded.pop(trial.number, None)
+            elif now - unrecorded.setdefault(trial.number, now) > unrecorded_s:
+                study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
         time.sleep(poll_s)
     print(f"note: trials still RUNNING after {timeout_s:.0f}s; registering with the finished ones", flush=True)
 
