@@ -114,13 +114,13 @@ TABLE_COLUMNS = ["ImageId", "dice", "iou", "true_pixels", "predicted_pixels", "t
                  "true_potholes", "predicted_potholes"]
 
 
-def test_frame(layout: DatasetLayout, order) -> pd.DataFrame:
-    """The test images (and their masks, when there are any) as a dataset table; its digest
-    follows the files' bytes, so the model's page tells one test set from another."""
+def test_frame(layout: DatasetLayout, order, masks: dict[str, Path]) -> pd.DataFrame:
+    """The test images (and their masks, by file number as `ImageScores.truth` maps them) as a
+    dataset table; its digest follows the files' bytes, so the model's page tells one test set
+    from another."""
     from potholes.data.dataset import file_number
     from potholes.data.fingerprint import files_digest
 
-    masks = {} if layout.test_masks is None else {file_number(p): p for p in list_images(layout.test_masks)}
     frame = pd.DataFrame({"ImageId": [i for i, _ in order],
                           "image_path": [p.relative_to(layout.root).as_posix() for _, p in order],
                           "mask_path": [masks[file_number(p)].relative_to(layout.root).as_posix()
@@ -186,7 +186,8 @@ def run_predict(data_dir: str, config: PredictConfig = PredictConfig(), progress
         # The test metrics belong to the model that was scored and the data it was scored on: the
         # ensemble's LoggedModel page shows them with the test set's dataset.
         model_id = getattr(model, "model_id", None)
-        test_set = tracking.pandas_dataset(test_frame(layout, order), layout.test_images, TEST_DATASET)
+        test_set = tracking.pandas_dataset(test_frame(layout, order, scores.truth), layout.test_images,
+                                            TEST_DATASET)
         per_image = scores.frame()
         tracking.log_input(test_set, "evaluation" if per_image is not None else "inference", model_id)
         if per_image is not None:
