@@ -35,8 +35,9 @@ SCRIPTS = {
                                 and r["rows"][0]["large_peak_rss_mb"] > 100 and r["rows"][0]["small_peak_rss_mb"] > 100),
     "bench_tune_workers.py": ("tune_workers", lambda r: r["rows"][0]["trials"] == 20
                               and r["rows"][0]["trials_run"].split(" / ")[0] == "20"),
-    "bench_contention.py": ("contention", lambda r: len(r["rows"]) == 4
-                            and all(row["quiet_s_per_step"] > 0 and row["busy_s_per_step"] > 0 for row in r["rows"])),
+    "bench_contention.py": ("contention", lambda r: [row["setting"] for row in r["rows"]]
+                            == ["default", "OMP_WAIT_POLICY=PASSIVE"]
+                            and all(row["threads"] == r["cores"] for row in r["rows"])),
     "bench_scale.py": ("scale", lambda r: r["rows"][0]["train_pairs"] == 30 and r["rows"][0]["wall_seconds"] > 0),
 }
 
