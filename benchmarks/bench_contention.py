@@ -50,8 +50,8 @@ def phases(threads: int, omp_env: dict, steps: int, size: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def settings(cores: int, quick: bool) -> list[tuple[str, int, dict]]:
-    spins = [] if quick else [("GOMP_SPINCOUNT=" + n, cores, {"GOMP_SPINCOUNT": n}) for n in ("100000", "30000", "10000")]
+def settings(cores: int, quick: bool, spin_counts: list[str]) -> list[tuple[str, int, dict]]:
+    spins = [] if quick else [("GOMP_SPINCOUNT=" + n, cores, {"GOMP_SPINCOUNT": n}) for n in spin_counts]
     return [("default", cores, {}), *spins, ("OMP_WAIT_POLICY=PASSIVE", cores, {"OMP_WAIT_POLICY": "PASSIVE"}),
             *([] if quick else [(f"--threads {max(1, cores - 1)}", max(1, cores - 1), {})])]
 
@@ -59,11 +59,13 @@ def settings(cores: int, quick: bool) -> list[tuple[str, int, dict]]:
 def main() -> None:
     p = parser(__doc__)
     p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--spin-counts", default="100000,30000,10000,3000,1000",
+                   help="comma-separated GOMP_SPINCOUNT values to try (libgomp's default is 300000)")
     args = p.parse_args()
     steps, size = (2, 64) if args.quick else (args.steps, 256)
     cores = len(os.sched_getaffinity(0))
     rows, quiet_default = [], None
-    for name, threads, omp_env in settings(cores, args.quick):
+    for name, threads, omp_env in settings(cores, args.quick, args.spin_counts.split(",")):
         t = phases(threads, omp_env, steps, size)
         quiet = (t["before"] + t["after"]) / 2
         quiet_default = quiet_default or quiet
