@@ -12,12 +12,8 @@ from common import dataset, parser, report, untrained_checkpoints
 from seed_way import seed_tta_logits
 
 from potholes.data.dataset import find_dataset, read_image
-from potholes.inference.ensemble import (
-    EnsembleConfig,
-    EnsemblePredictor,
-    resize_batch,
-    tta_logits,
-)
+from potholes.inference.ensemble import EnsembleConfig, EnsemblePredictor, tta_logits
+from potholes.inference.geometry import resize_batch
 from potholes.stages.predict import local_rows, submission_order
 
 

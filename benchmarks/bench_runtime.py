@@ -21,13 +21,9 @@ from common import dataset, parser, report, untrained_checkpoints
 
 from potholes.data.dataset import find_dataset, read_image
 from potholes.inference import openvino as openvino_runner
-from potholes.inference.ensemble import (
-    MEMBERS,
-    EnsembleConfig,
-    EnsemblePredictor,
-    resize_batch,
-)
+from potholes.inference.ensemble import MEMBERS, EnsembleConfig, EnsemblePredictor
 from potholes.inference.export import FlipTTA, export_members, sample_batch
+from potholes.inference.geometry import resize_batch
 from potholes.inference.onnx_runtime import OnnxMembers, session_options
 from potholes.inference.postprocess import dice_score
 from potholes.inference.runtime import cpu_cores

@@ -30,7 +30,7 @@ def main() -> None:
         images, masks, predictor, space = tune_inputs(args, Path(tmp), args.img_size)
 
         start = time.perf_counter()
-        logits = predictor.member_logits(list(images))
+        logits = predictor.member_logit_arrays(list(images))
         logits_pass = time.perf_counter() - start
         study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0))
         study.optimize(make_objective(logits, masks, space), n_trials=args.trials)

@@ -28,7 +28,7 @@ def main() -> None:
         args.trials, args.img_size = 20, 64
     with tempfile.TemporaryDirectory() as tmp:
         images, masks, predictor, space = tune_inputs(args, Path(tmp), args.img_size)
-        logits = predictor.member_logits(list(images))
+        logits = predictor.member_logit_arrays(list(images))
         measured = {}
         for workers in (1, 2):
             study, _ = shared.open_study(f"workers-{workers}", f"sqlite:///{Path(tmp) / f'study{workers}.db'}")

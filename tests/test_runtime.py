@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from potholes.data.dataset import read_image
-from potholes.inference.ensemble import resize_batch
+from potholes.inference.geometry import model_hw, resize_batch
 from potholes.inference.openvino import OpenVinoMembers, native_bf16
 from potholes.inference.postprocess import dice_score
 from potholes.inference.runtime import resolve_runtime
@@ -21,6 +21,14 @@ from potholes.serving.params import ParamError
 from potholes.stages.predict import PredictConfig, run_predict
 
 CHAMPION = "models:/pothole-ensemble@champion"
+
+
+def wide_and_square(data: Path, predictor) -> list[np.ndarray]:
+    """The square test photos and wide strips of two of them: the graphs take any model shape."""
+    images = [read_image(p) for p in sorted((data / "test" / "images").iterdir())]
+    wide = [image[:40] for image in images[:2]]
+    assert model_hw(wide[0].shape[:2], predictor.config.img_size) == (32, 96)  # a rectangle at model size
+    return images + wide
 
 
 def test_tune_stores_checked_onnx_graphs_and_they_give_torch_masks(in_smoke_store):
@@ -39,7 +47,7 @@ def test_tune_stores_checked_onnx_graphs_and_they_give_torch_masks(in_smoke_stor
 
     predictor = mlflow.pyfunc.load_model(CHAMPION).unwrap_python_model().predictor
     assert predictor.runtime == ("openvino" if native_bf16() else "onnx")  # auto on a CPU-only machine with graphs
-    images = [read_image(p) for p in sorted((in_smoke_store.data / "test" / "images").iterdir())]
+    images = wide_and_square(in_smoke_store.data, predictor)
     torch_out = predictor.predict(images, runtime="torch")
     onnx_out = predictor.predict(images, runtime="onnx")
     dice = [dice_score(a[0], b[0]) for a, b in zip(torch_out, onnx_out)]
@@ -91,7 +99,7 @@ def test_openvino_runs_the_stored_graphs_with_torch_masks(in_smoke_store):
     """runtime=openvino compiles the registered ONNX graphs (fp32 encoder, bf16 decoder where the CPU
     has native bf16) and its masks match torch's like ONNX Runtime's do."""
     predictor = mlflow.pyfunc.load_model(CHAMPION).unwrap_python_model().predictor
-    images = [read_image(p) for p in sorted((in_smoke_store.data / "test" / "images").iterdir())]
+    images = wide_and_square(in_smoke_store.data, predictor)
     torch_out = predictor.predict(images, runtime="torch")
     openvino_out = predictor.predict(images, runtime="openvino")
     dice = [dice_score(a[0], b[0]) for a, b in zip(torch_out, openvino_out)]

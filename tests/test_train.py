@@ -236,3 +236,46 @@ def test_full_preset_without_weights_stops_before_any_run(tmp_path, synth_data):
     if (tmp_path / "mlflow.db").exists():
         mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
         assert mlflow.search_runs(search_all_experiments=True).empty
+
+
+def wide_copy(synth_data: Path, folder: Path, rows: int = 48) -> Path:
+    """The synthetic set cropped to its top ``rows`` rows: photos twice as wide as high."""
+    import shutil
+
+    import cv2
+
+    shutil.copytree(synth_data, folder)
+    for path in [*folder.glob("*/images/*"), *folder.glob("*/mask/*")]:
+        cv2.imwrite(str(path), cv2.imread(str(path), cv2.IMREAD_UNCHANGED)[:rows])
+    return folder
+
+
+def test_wide_photos_train_and_predict_at_their_own_aspect(tracking_store, synth_data, tmp_path, capsys):
+    """Issue 23, point 1: 96x48 photos at img_size 96 are seen at 128x64 (not squashed into 96x96)
+    in training, validation and the run's own model, whose masks come back at 96x48."""
+    import cv2
+
+    from potholes.data.dataset import read_image
+
+    wide = wide_copy(synth_data, tmp_path / "wide")
+    tracking.configure()
+    result = run_train(resolve_config("deeplab", "smoke", img_size=96, steps=4), str(wide), progress=False)
+    assert "photos seen at 128x64 (width x height)" in capsys.readouterr().out
+    run = MlflowClient().get_run(result["run_id"])
+    assert run.data.params["config.keep_aspect"] == "True"
+    folder = mlflow.artifacts.download_artifacts(run_id=result["run_id"], artifact_path="checkpoints/best",
+                                                 dst_path=str(tmp_path))
+    assert load_checkpoint(folder)[1]["keep_aspect"] is True
+
+    member = mlflow.pyfunc.load_model(f"models:/{result['model_id']}").unwrap_python_model().predictor
+    seen = []
+    network = member.models["deeplab"]
+    handle = network.register_forward_pre_hook(lambda module, args: seen.append(tuple(args[0].shape)))
+    photo = read_image(next((wide / "test" / "images").iterdir()))
+    masks = member.predict_masks([photo, cv2.resize(photo, (96, 96))])
+    handle.remove()
+    assert sorted(seen) == [(2, 3, 64, 128), (2, 3, 96, 96)]  # each photo at its own aspect
+    assert [m.shape for m in masks] == [(48, 96), (96, 96)]
+
+    with pytest.raises(ConfigError, match=r"crop_size 96 does not fit the 128x64 \(width x height\)"):
+        run_train(resolve_config("deeplab", "smoke", img_size=96, crop_size=96, steps=4), str(wide), progress=False)

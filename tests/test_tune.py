@@ -163,7 +163,7 @@ def test_cached_logits_score_like_a_full_rerun(in_smoke_store, tmp_path):
     predictor = EnsemblePredictor.from_checkpoints(dirs, EnsembleConfig(img_size=64))
     prepared = build_manifest(in_smoke_store.data, progress=False)
     images, masks = load_split(prepared.layout.root, prepared.manifest, "val", 64, progress=False)
-    logits = predictor.member_logits(list(images))
+    logits = predictor.member_logit_arrays(list(images))
     predictor.config.w_unetpp = 0.3
     fresh = np.mean([pp.dice_score(pp.remove_small_components(p > 0.35, 3), m)
                      for p, m in zip(predictor.probabilities(list(images)), masks)])

@@ -19,6 +19,7 @@ import torch
 from potholes.inference import openvino as openvino_runner
 from potholes.inference import postprocess as pp
 from potholes.inference import potholes as instances
+from potholes.inference.geometry import model_hw, resize_to
 from potholes.inference.networks import load_checkpoint
 from potholes.inference.normalize import normalize_batch
 from potholes.inference.onnx_runtime import OnnxMembers
@@ -32,8 +33,9 @@ class EnsembleConfig:
     """The tuned ensemble: what the registered model applies after the networks."""
     w_unetpp: float = 0.5
     threshold: float = 0.4
-    min_area: int = 0  # pixels at `img_size`
+    min_area: int = 0  # pixels at `img_size` (about img_size² pixels a photo)
     img_size: int = 256  # where blending, thresholding and min_area happen
+    keep_aspect: bool = True  # photos keep their aspect at model size (False: squashed, as older versions)
     resize_first: bool = True  # resize probabilities to the image's size, then threshold
     members: dict = field(default_factory=dict)  # name -> model_config of its checkpoint
 
@@ -43,7 +45,9 @@ class EnsembleConfig:
 
     @classmethod
     def load(cls, path: Path) -> "EnsembleConfig":
-        return cls(**json.loads(Path(path).read_text()))
+        values = json.loads(Path(path).read_text())
+        values.setdefault("keep_aspect", False)  # saved before aspect was kept: its members squash
+        return cls(**values)
 
 
 @torch.inference_mode()
@@ -63,10 +67,6 @@ def default_batch_size() -> int:
     """Images per forward. Measured on 2 CPU cores (BENCHMARKS.md, row 4): batches of 1-2 run
     ~25 % faster per image than 8, as bigger activations stop fitting in cache; GPUs want more."""
     return 16 if torch.cuda.is_available() else 2
-
-
-def resize_batch(images: list[np.ndarray], size: int) -> np.ndarray:
-    return np.stack([cv2.resize(img, (size, size), interpolation=cv2.INTER_LINEAR) for img in images])
 
 
 class EnsemblePredictor:
@@ -128,35 +128,51 @@ class EnsemblePredictor:
         return lambda name, batch: tta_logits(self.models[name], batch, self.config.members[name]["mean"],
                                               self.config.members[name]["std"])
 
-    def member_logits(self, images: list[np.ndarray], runtime: str | None = None) -> dict[str, np.ndarray]:
-        """Each member's TTA logits at the ensemble's size, batch by batch: {name: (N,S,S)}."""
+    def member_logits(self, images: list[np.ndarray], runtime: str | None = None) -> dict[str, list[np.ndarray]]:
+        """Each member's TTA logits, batch by batch, at each image's model shape for the ensemble's
+        size (`geometry.model_hw`): {name: [(H,W) per image]}. Images of one shape share a forward."""
         run = self._member_runner(self.runtime_for(runtime))
-        size = self.config.img_size
+        size, keep = self.config.img_size, self.config.keep_aspect
         out: dict[str, list[np.ndarray]] = {name: [] for name in self.members}
         for start in range(0, len(images), self.batch_size):
             chunk = images[start:start + self.batch_size]
-            resized: dict[int, np.ndarray] = {}
+            targets = [model_hw(image.shape[:2], size, keep) for image in chunk]
+            resized: dict[tuple, np.ndarray] = {}  # members of one size share the resized batch
             for name in self.members:
-                member_size = int(self.config.members[name]["img_size"])
-                if member_size not in resized:
-                    resized[member_size] = resize_batch(chunk, member_size)
-                with self._forward_lock:
-                    logits = run(name, resized[member_size])
-                if member_size != size:
-                    logits = np.stack([cv2.resize(l, (size, size), interpolation=cv2.INTER_LINEAR) for l in logits])
-                out[name].append(logits)
-        return {name: np.concatenate(parts) if parts else np.empty((0, size, size), np.float32)
-                for name, parts in out.items()}
+                member = self.config.members[name]
+                shapes = [model_hw(image.shape[:2], int(member["img_size"]), member.get("keep_aspect", False))
+                          for image in chunk]
+                logits: list[np.ndarray | None] = [None] * len(chunk)
+                for hw in dict.fromkeys(shapes):
+                    index = tuple(i for i, shape in enumerate(shapes) if shape == hw)
+                    if (hw, index) not in resized:
+                        resized[hw, index] = np.stack([resize_to(chunk[i], hw, cv2.INTER_LINEAR) for i in index])
+                    with self._forward_lock:
+                        batch = run(name, resized[hw, index])
+                    for i, value in zip(index, batch):
+                        logits[i] = resize_to(value, targets[i], cv2.INTER_LINEAR)
+                out[name].extend(logits)
+        return out
+
+    def member_logit_arrays(self, images: list[np.ndarray], runtime: str | None = None) -> dict[str, np.ndarray]:
+        """`member_logits` of images of one shape (a cached split) as arrays {name: (N,H,W)}."""
+        logits = self.member_logits(images, runtime)
+        shapes = {value.shape for values in logits.values() for value in values}
+        if len(shapes) > 1:
+            raise ValueError(f"images of one model shape expected, got {sorted(shapes)}")
+        return {name: np.stack(values) if values else np.empty((0, 0, 0), np.float32) for name, values in logits.items()}
 
     @property
     def members(self) -> list[str]:
         return [name for name in MEMBERS if name in self.models]
 
-    def probabilities(self, images: list[np.ndarray], runtime: str | None = None) -> np.ndarray:
+    def probabilities(self, images: list[np.ndarray], runtime: str | None = None) -> list[np.ndarray]:
+        """Per image, its pothole probabilities at its model shape."""
         logits = self.member_logits(images, runtime)
         if len(logits) == 1:
-            return pp.sigmoid(next(iter(logits.values())))
-        return pp.sigmoid(pp.blend_logits(logits["unetpp"], logits["deeplab"], self.config.w_unetpp))
+            return [pp.sigmoid(value) for value in next(iter(logits.values()))]
+        return [pp.sigmoid(pp.blend_logits(a, b, self.config.w_unetpp))
+                for a, b in zip(logits["unetpp"], logits["deeplab"])]
 
     def predict_masks(self, images: list[np.ndarray], threshold: float | None = None,
                       min_area: int | None = None, runtime: str | None = None) -> list[np.ndarray]:

@@ -1,6 +1,7 @@
 """Export the ensemble members to ONNX for CPU inference with ONNX Runtime.
 
-One graph per member: uint8 NHWC images at the member's size in, flip-averaged logits out. The
+One graph per member: uint8 NHWC images at any model shape in (batch, height and width are
+dynamic: photos keep their aspect, `geometry.model_hw`), flip-averaged logits out. The
 normalisation and the horizontal-flip TTA are inside the graph, so ORT fuses them with the network;
 the logit blend, threshold and min-area stay in numpy, shared with the torch path (the members may
 be trained at different sizes, and the blend costs ~0.1 ms). Every graph passes `onnx.checker` and
@@ -42,8 +43,8 @@ class FlipTTA(torch.nn.Module):
         return (out[:n] + torch.flip(out[n:], dims=[2])) / 2
 
 
-def sample_batch(size: int, count: int = 2, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (count, size, size, 3), dtype=np.uint8)
+def sample_batch(size: int, count: int = 2, seed: int = 0, width: int | None = None) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (count, size, width or size, 3), dtype=np.uint8)
 
 
 def export_member(model: torch.nn.Module, member: dict, path: Path) -> float:
@@ -63,9 +64,11 @@ def export_member(model: torch.nn.Module, member: dict, path: Path) -> float:
         warnings.simplefilter("ignore")
         torch.onnx.export(graph, (torch.from_numpy(sample_batch(size)),), str(path), dynamo=False,
                           input_names=["images"], output_names=["logits"], opset_version=OPSET,
-                          dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
+                          dynamic_axes={"images": {0: "batch", 1: "height", 2: "width"},
+                                        "logits": {0: "batch", 1: "height", 2: "width"}})
         onnx.checker.check_model(str(path), full_check=True)
-        batch = sample_batch(size, count=3, seed=1)  # a batch size other than the traced one
+        # A batch size and a shape other than the traced ones: a wide photo's model shape.
+        batch = sample_batch(size, count=3, seed=1, width=size + 32)
         expected = graph(torch.from_numpy(batch)).numpy()
     session = ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
     diff = float(np.abs(session.run(None, {"images": batch})[0] - expected).max())

@@ -1,7 +1,7 @@
 """ONNX Runtime sessions for the exported ensemble members.
 
-Each member's graph (see `potholes.inference.export`) takes a uint8 NHWC batch at the member's
-size and returns its flip-averaged logits, so the ORT path replaces exactly the torch
+Each member's graph (see `potholes.inference.export`) takes a uint8 NHWC batch at a model
+shape and returns its flip-averaged logits, so the ORT path replaces exactly the torch
 `tta_logits` call and shares everything after it (blend, threshold, min-area, resizing).
 """
 
@@ -45,5 +45,5 @@ class OnnxMembers:
                          for name, entry in self.manifest["members"].items()}
 
     def logits(self, name: str, images: np.ndarray) -> np.ndarray:
-        """Flip-averaged logits (N,S,S) of a uint8 (N,S,S,3) batch."""
+        """Flip-averaged logits (N,H,W) of a uint8 (N,H,W,3) batch."""
         return self.sessions[name].run(None, {"images": np.ascontiguousarray(images)})[0]

@@ -121,5 +121,5 @@ class OpenVinoMembers:
                         for name, entry in self.manifest["members"].items()}
 
     def logits(self, name: str, images: np.ndarray) -> np.ndarray:
-        """Flip-averaged logits (N,S,S) of a uint8 (N,S,S,3) batch."""
+        """Flip-averaged logits (N,H,W) of a uint8 (N,H,W,3) batch."""
         return self.members[name].logits(np.ascontiguousarray(images))

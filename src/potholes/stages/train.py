@@ -75,7 +75,8 @@ def _log_member_model(config: TrainConfig, state: TrainState, model_id: str, exa
                                                                            "val_dice": state.best_dice},
                                  Path(tmp) / config.model)
         predictor = EnsemblePredictor.from_checkpoints(
-            {config.model: folder}, EnsembleConfig(threshold=config.val_threshold, img_size=config.img_size))
+            {config.model: folder}, EnsembleConfig(threshold=config.val_threshold, img_size=config.img_size,
+                                                   keep_aspect=config.keep_aspect))
         log_pyfunc(predictor, {config.model: folder}, example_image, config.model, model_id=model_id,
                    step=state.best_step)
 
@@ -100,13 +101,17 @@ def run_train(config: TrainConfig, data_dir: str, progress: bool = True) -> dict
         print("resolved config:", ", ".join(f"{k}={v}" for k, v in config.as_params().items()), flush=True)
     device = device_for_training(config.deterministic)
     torch.set_num_threads(config.threads)  # fixed for the run: on CPU the results depend on it
-    data = open_stage_data(data_dir, config.val_fraction, config.split_seed, config.img_size, progress)
+    data = open_stage_data(data_dir, config.val_fraction, config.split_seed, config.img_size, progress,
+                           keep_aspect=config.keep_aspect)
     root, manifest = data.root, data.manifest
+    if config.crop_size > min(data.hw):
+        raise ConfigError(f"crop_size {config.crop_size} does not fit the {data.hw[1]}x{data.hw[0]} (width x height) "
+                          f"the photos are seen at with img_size {config.img_size}; use at most {min(data.hw)} or 0")
     plan = plan_training(train_images=data.count("train"), batch_size=config.batch_size,
                          world_size=config.world_size, steps=config.steps, epochs=config.epochs,
                          rounds=config.rounds, warmup=config.warmup, val_images=data.count("val"))
     if main:
-        print(f"{config.model}: {plan.describe()}", flush=True)
+        print(f"{config.model}: {plan.describe()}; photos seen at {data.hw[1]}x{data.hw[0]} (width x height)", flush=True)
     state = init_state(config, plan, device)  # fails here, before any run, when weights are unavailable
     train_images, train_masks = data.split("train")
     val_images, val_masks = data.split("val")

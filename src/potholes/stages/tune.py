@@ -55,11 +55,13 @@ def run_tune(data_dir: str, tune: TuneConfig = TuneConfig(), progress: bool = Tr
         dirs = {name: download_best_checkpoint(run_id, Path(tmp) / name) for name, run_id in runs.items()}
         predictor = EnsemblePredictor.from_checkpoints(dirs, EnsembleConfig())
         size = max(int(predictor.config.members[n]["img_size"]) for n in MEMBERS)
-        predictor.config.img_size = size
-        data.img_size = size
+        # Photos keep their aspect when both members were trained so (older members squash).
+        keep = all(predictor.config.members[n].get("keep_aspect", False) for n in MEMBERS)
+        predictor.config.img_size, predictor.config.keep_aspect = size, keep
+        data.img_size, data.keep_aspect = size, keep
         val_images, val_masks = data.split("val")
         # The one expensive step: both networks over the validation set, once.
-        logits = predictor.member_logits(list(val_images))
+        logits = predictor.member_logit_arrays(list(val_images))
         space = SearchSpace(w_unetpp=(0.0, 1.0), threshold=(tune.threshold_min, tune.threshold_max),
                             min_area=min_area_range(tune, data.manifest, size))
 

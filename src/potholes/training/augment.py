@@ -70,14 +70,6 @@ def sample_seed(seed: int, epoch: int, index: int) -> np.random.SeedSequence:
     return np.random.SeedSequence([seed, epoch, index])
 
 
-def resize_pair(image: np.ndarray, mask: np.ndarray | None, size: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """Model-size copies: linear for the image, nearest for the mask (stays binary)."""
-    image = cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
-    if mask is not None:
-        mask = cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
-    return image, mask
-
-
 def to_tensor(image: np.ndarray, mean, std) -> torch.Tensor:
     """HWC uint8 RGB -> normalised CHW float32."""
     return normalize_batch(np.ascontiguousarray(image)[None], mean, std)[0]

@@ -54,8 +54,9 @@ class TrainConfig:
     encoder: str = LITE0
     encoder_weights: str = "imagenet"
     freeze_stride: int = 0  # encoder layers up to this output stride keep their pretrained weights (0 = train all)
-    img_size: int = 320
-    crop_size: int = 0  # train on random crops of this size (0 = whole images); validation and inference see img_size
+    img_size: int = 320  # pixel budget: photos are seen at about img_size² pixels in their own aspect (geometry.py)
+    crop_size: int = 0  # train on random crops of this size (0 = whole images); validation and inference see whole photos
+    keep_aspect: bool = True  # False: squash photos into img_size x img_size (models trained before this did)
     batch_size: int = 8
     steps: int = 300  # optimizer steps (the training budget), unless ``epochs`` is given
     epochs: int | None = None  # explicit override: this many passes over the training split
@@ -86,7 +87,7 @@ class TrainConfig:
 
     def model_config(self) -> dict:
         """What a checkpoint needs to be rebuilt and used, independent of these defaults."""
-        return {"arch": self.model, "encoder": self.encoder, "img_size": self.img_size,
+        return {"arch": self.model, "encoder": self.encoder, "img_size": self.img_size, "keep_aspect": self.keep_aspect,
                 "mean": list(self.mean), "std": list(self.std), "in_channels": 3, "classes": 1}
 
     def as_params(self) -> dict:

@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from potholes.data.dataset import read_image, read_mask
+from potholes.inference.geometry import canvas_hw, fit_pair
 from potholes.training import augment
 from potholes.training.config import TrainConfig
 
@@ -23,8 +24,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def load_split(root: Path, manifest: pd.DataFrame, split: str, img_size: int, progress: bool = True):
-    """Decode and resize one split once, into uint8 arrays (N,H,W,3) and (N,H,W).
+def split_hw(manifest: pd.DataFrame, img_size: int, keep_aspect: bool = True) -> tuple[int, int]:
+    """The (height, width) every split of this manifest is cached at (`geometry.canvas_hw`)."""
+    return canvas_hw(zip(manifest["height"], manifest["width"]), img_size, keep_aspect)
+
+
+def load_split(root: Path, manifest: pd.DataFrame, split: str, img_size: int, keep_aspect: bool = True,
+               progress: bool = True):
+    """Decode and resize one split once, into uint8 arrays (N,H,W,3) and (N,H,W) at `split_hw`.
 
     Decoding a JPEG costs more than all the augmentations at model size, and the split is
     small, so each image is decoded once instead of once per epoch.
@@ -32,10 +39,12 @@ def load_split(root: Path, manifest: pd.DataFrame, split: str, img_size: int, pr
     from tqdm.auto import tqdm
 
     rows = manifest[manifest["split"] == split]
-    images = np.empty((len(rows), img_size, img_size, 3), np.uint8)
-    masks = np.empty((len(rows), img_size, img_size), np.uint8)
+    hw = split_hw(manifest, img_size, keep_aspect)
+    images = np.empty((len(rows), *hw, 3), np.uint8)
+    masks = np.empty((len(rows), *hw), np.uint8)
     for i, row in enumerate(tqdm(rows.itertuples(), total=len(rows), desc=f"loading {split}", disable=not progress)):
-        images[i], masks[i] = augment.resize_pair(read_image(root / row.image_path), read_mask(root / row.mask_path), img_size)
+        images[i], masks[i] = fit_pair(read_image(root / row.image_path), read_mask(root / row.mask_path), hw,
+                                       keep_aspect)
     return images, masks
 
 

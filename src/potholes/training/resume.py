@@ -20,7 +20,7 @@ MODEL_TAG = "potholes.logged_model_id"
 # What a resumed run must share with the interrupted one to end as the uninterrupted run would:
 # the model and its input, the budget and schedule, the optimiser, the loss, the seed and the
 # split (the data itself is compared by the manifest's dataset digest).
-MUST_MATCH = ("model", "encoder", "encoder_weights", "freeze_stride", "img_size", "crop_size", "mean", "std",
+MUST_MATCH = ("model", "encoder", "encoder_weights", "freeze_stride", "img_size", "keep_aspect", "crop_size", "mean", "std",
               "steps", "epochs", "rounds", "warmup", "ema", "batch_size", "world_size", "lr", "weight_decay",
               "loss", "focal_weight", "focal_gamma", "val_threshold", "precision", "seed", "val_fraction", "split_seed",
               "threads")
