@@ -16,7 +16,8 @@ SCRIPTS = {
                          and all(row["errors"] == 0 and row["rss_mb_after"] > 0 for row in r["rows"])),
     "bench_runtime.py": ("runtime", lambda r: r["rows"][0]["runtime_vs_torch"] > 0
                          and r["rows"][0]["mask_dice_mean"] >= 0.995 and r["rows"][0]["gflop_per_image"] > 0),
-    "bench_quality.py": ("quality", lambda r: 0 <= r["rows"][0]["test_dice"] <= 1 and r["test_dice_mean"] is not None),
+    "bench_quality.py": ("quality", lambda r: 0 <= r["rows"][0]["test_dice"] <= 1 and r["rows"][0]["dataset"] == "synthetic"
+                         and r["datasets"]["synthetic"]["test_dice_mean"] == r["rows"][0]["test_dice"]),
     "bench_recipes.py": ("recipes", lambda r: [row["candidate"] for row in r["rows"]] == ["base", "geo_strong"]
                          and all(len(row["val_dice"]) == 2 and row["val_dice_spread"] >= 0 for row in r["rows"])),
     "bench_precision.py": ("precision", lambda r: [row["model"] for row in r["rows"]] == ["unetpp", "deeplab"]
