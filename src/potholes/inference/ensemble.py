@@ -19,7 +19,7 @@ import torch
 from potholes.inference import openvino as openvino_runner
 from potholes.inference import postprocess as pp
 from potholes.inference import potholes as instances
-from potholes.inference.geometry import model_hw, resize_to
+from potholes.inference.geometry import keeps_aspect, model_hw, resize_batch, resize_to
 from potholes.inference.networks import load_checkpoint
 from potholes.inference.normalize import normalize_batch
 from potholes.inference.onnx_runtime import OnnxMembers
@@ -140,13 +140,12 @@ class EnsemblePredictor:
             resized: dict[tuple, np.ndarray] = {}  # members of one size share the resized batch
             for name in self.members:
                 member = self.config.members[name]
-                shapes = [model_hw(image.shape[:2], int(member["img_size"]), member.get("keep_aspect", False))
-                          for image in chunk]
+                shapes = [model_hw(image.shape[:2], int(member["img_size"]), keeps_aspect(member)) for image in chunk]
                 logits: list[np.ndarray | None] = [None] * len(chunk)
                 for hw in dict.fromkeys(shapes):
                     index = tuple(i for i, shape in enumerate(shapes) if shape == hw)
                     if (hw, index) not in resized:
-                        resized[hw, index] = np.stack([resize_to(chunk[i], hw, cv2.INTER_LINEAR) for i in index])
+                        resized[hw, index] = resize_batch([chunk[i] for i in index], hw)
                     with self._forward_lock:
                         batch = run(name, resized[hw, index])
                     for i, value in zip(index, batch):

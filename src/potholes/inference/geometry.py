@@ -35,16 +35,26 @@ def model_hw(image_hw: tuple[int, int], img_size: int, keep_aspect: bool = True)
     h, w = int(image_hw[0]), int(image_hw[1])
     if h <= 0 or w <= 0:
         raise ValueError(f"an image needs a positive height and width, got {h}x{w}")
-    root = math.sqrt(w / h)
-    shape = _side(img_size / root), _side(img_size * root)
+
+    def shape_of(height: int, width: int) -> tuple[int, int]:
+        root = math.sqrt(width / height)
+        return _side(img_size / root), _side(img_size * root)
+
+    shape = shape_of(h, w)
     # Rounding both sides can move the aspect enough that the shape itself rounds elsewhere; the
     # arrays cached at a shape must map to that shape, so settle on the fixed point.
     for _ in range(4):
-        again = _side(img_size / math.sqrt(shape[1] / shape[0])), _side(img_size * math.sqrt(shape[1] / shape[0]))
+        again = shape_of(*shape)
         if again == shape:
             break
         shape = again
     return shape
+
+
+def keeps_aspect(model_config: dict) -> bool:
+    """Whether a member's checkpoint config was trained on photos in their aspect; configs saved
+    before aspect was kept have no such key, and their members squash."""
+    return bool(model_config.get("keep_aspect", False))
 
 
 def canvas_hw(image_shapes: Iterable[tuple[int, int]], img_size: int, keep_aspect: bool = True) -> tuple[int, int]:
@@ -66,9 +76,9 @@ def resize_to(image: np.ndarray, hw: tuple[int, int], interpolation: int) -> np.
 
 
 def fit(image: np.ndarray, hw: tuple[int, int], interpolation: int, keep_aspect: bool = True) -> np.ndarray:
-    """``image`` at shape ``hw``: resized straight when that is its own model shape (or aspect is
-    not kept), else resized to fit inside with its aspect kept and zero-padded at the bottom and
-    right (a pothole-free border the mask shares)."""
+    """``image`` at shape ``hw``: resized straight when its aspect is that of ``hw`` up to the
+    rounding to multiples of 32 (or aspect is not kept), else resized to fit inside with its aspect
+    kept and zero-padded at the bottom and right (a pothole-free border the mask shares)."""
     h, w = image.shape[:2]
     if not keep_aspect or _same_aspect((h, w), hw):
         return resize_to(image, hw, interpolation)

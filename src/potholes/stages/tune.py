@@ -16,6 +16,7 @@ import mlflow
 import optuna
 
 from potholes.inference.ensemble import MEMBERS, EnsembleConfig, EnsemblePredictor
+from potholes.inference.geometry import keeps_aspect
 from potholes.tracking import runs as tracking
 from potholes.tracking.redaction import mask_url
 from potholes.tuning import workers as shared
@@ -56,7 +57,7 @@ def run_tune(data_dir: str, tune: TuneConfig = TuneConfig(), progress: bool = Tr
         predictor = EnsemblePredictor.from_checkpoints(dirs, EnsembleConfig())
         size = max(int(predictor.config.members[n]["img_size"]) for n in MEMBERS)
         # Photos keep their aspect when both members were trained so (older members squash).
-        keep = all(predictor.config.members[n].get("keep_aspect", False) for n in MEMBERS)
+        keep = all(keeps_aspect(predictor.config.members[n]) for n in MEMBERS)
         predictor.config.img_size, predictor.config.keep_aspect = size, keep
         data.img_size, data.keep_aspect = size, keep
         val_images, val_masks = data.split("val")
