@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -224,6 +225,8 @@ def test_mlflow_run_train_entry_point(tmp_path, synth_data):
     run = mlflow.search_runs(experiment_names=["potholes"], output_format="list")[0]
     assert run.info.status == "FINISHED" and run.data.tags["model"] == "deeplab"
     assert len(MlflowClient().get_metric_history(run.info.run_id, "val_dice")) == 2
+    # one training thread bound to each core (`potholes.training.cpu_affinity`) wherever there are two
+    assert run.data.tags["potholes.threads_bound"] == str(len(os.sched_getaffinity(0)) > 1).lower()
 
 
 def test_full_preset_without_weights_stops_before_any_run(tmp_path, synth_data):

@@ -181,6 +181,9 @@ def train(ctx: click.Context, data_dir: str, model: str, preset: str, resume: st
     """Train UNet++ or DeepLabV3+; log curves, the best checkpoint and a resumable last checkpoint.
 
     Under torchrun (or with --nproc N) each process trains on its share of every step."""
+    from potholes.training import cpu_affinity
+
+    cpu_affinity.prepare()  # before torch loads: libgomp reads its thread binding once
     from potholes.training import distributed
     from potholes.training.config import ConfigError, resolve_config
 
@@ -324,6 +327,9 @@ def predict(ctx: click.Context, data_dir: str, model_uri: str, output: str, batc
 def main_pipeline(ctx: click.Context, data_dir: str, preset: str, n_trials: int, output: str,
                   registered_model: str, seed: int) -> None:
     """The whole pipeline: prepare, train both models, tune, predict (one parent run)."""
+    from potholes.training import cpu_affinity
+
+    cpu_affinity.prepare()  # before torch loads: libgomp reads its thread binding once
     from potholes.stages.main import run_main
 
     try:

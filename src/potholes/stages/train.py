@@ -11,7 +11,7 @@ import torch
 
 from potholes.errors import ConfigError
 from potholes.reporting import previews
-from potholes.training import augment, distributed
+from potholes.training import augment, cpu_affinity, distributed
 from potholes.training.config import TrainConfig
 from potholes.training.loader import SegmentationDataset, make_loader
 from potholes.training.loop import TrainState, device_for_training, fit, init_state
@@ -138,7 +138,8 @@ def run_train(config: TrainConfig, data_dir: str, progress: bool = True) -> dict
             mlflow.MlflowClient().set_tag(launcher_run, "potholes.continued_in", run_id)
     state.parallel = distributed.wrap(state.model, device)
     if not main:  # the other ranks train alongside rank 0 and leave MLflow to it
-        fit(config, state, train_loader, val_loader, device, progress=False)
+        with cpu_affinity.pinned(config.threads):
+            fit(config, state, train_loader, val_loader, device, progress=False)
         return {"run_id": run_id, "best_val_dice": state.best_dice, "best_step": state.best_step}
 
     with tracking.stage_run("train", run_name=f"train-{config.model}", tags={"model": config.model},
@@ -167,7 +168,9 @@ def run_train(config: TrainConfig, data_dir: str, progress: bool = True) -> dict
         on_round_end = _log_round(config, model_id, logged_steps, tracking.manifest_dataset(manifest, root), preview)
         if not config.resume:  # step 0, where the image grid opens: the network before its first step
             on_round_end.show(state, 0)
-        fit(config, state, train_loader, val_loader, device, on_round_end=on_round_end, progress=progress)
+        with cpu_affinity.pinned(config.threads) as bound:  # a busy neighbour then costs its share of the CPU
+            mlflow.set_tag("potholes.threads_bound", str(bound).lower())
+            fit(config, state, train_loader, val_loader, device, on_round_end=on_round_end, progress=progress)
         tracking.log_figure(plots.training_curves(state.history), "plots/curves.png")
         _log_member_model(config, state, model_id, root / val_rows.loc[0, "image_path"])
         mlflow.finalize_logged_model(model_id, "READY")

@@ -3,6 +3,7 @@ sampler and the loaders. Everything random here is a function of (seed, epoch, i
 
 from __future__ import annotations
 
+import functools
 import random
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from potholes.data.dataset import read_image, read_mask
 from potholes.inference.geometry import canvas_hw, fit_pair
-from potholes.training import augment
+from potholes.training import augment, cpu_affinity
 from potholes.training.config import TrainConfig
 
 
@@ -111,8 +112,11 @@ class StepSampler(Sampler):
                 yield self._index(position)
 
 
-def _worker_init(_: int) -> None:
+def _worker_init(_: int, cores: tuple[int, ...] = ()) -> None:
     from torch.utils.data import get_worker_info
+
+    # Started from the training thread, which may be bound to one core: run on all of ours again.
+    cpu_affinity.release(list(cores))
 
     # One OpenCV thread per worker so augmentation does not fight the training step for the cores.
     cv2.setNumThreads(1)
@@ -150,7 +154,7 @@ def make_loader(dataset: Dataset, config: TrainConfig, train: bool, rank: int = 
         num_workers=workers,
         persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None,
-        worker_init_fn=_worker_init if workers > 0 else None,
+        worker_init_fn=functools.partial(_worker_init, cores=tuple(cpu_affinity.owned_cores())) if workers > 0 else None,
         multiprocessing_context="spawn" if workers > 0 else None,
         pin_memory=torch.cuda.is_available(),
         generator=torch.Generator().manual_seed(config.seed),
