@@ -9,6 +9,13 @@ os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 from pg import postgres_server, postgres_url  # noqa: E402,F401  fixtures: a throwaway PostgreSQL (tests/pg.py)
 
 
+def pytest_collection_modifyitems(items):
+    """The slow end-to-end tests first: with several test processes (`make test`), the minutes-long
+    ones start early and the short ones fill the gaps at the end, instead of one process finishing
+    a two-minute test alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(autouse=True)
 def sys_path_restored():
     """Loading a registered model prepends its code folder (the slim serving copy of the package)
