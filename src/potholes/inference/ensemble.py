@@ -19,6 +19,7 @@ import torch
 from potholes.inference import openvino as openvino_runner
 from potholes.inference import postprocess as pp
 from potholes.inference import potholes as instances
+from potholes.inference import tiling
 from potholes.inference.geometry import keeps_aspect, model_hw, resize_batch, resize_to
 from potholes.inference.networks import load_checkpoint
 from potholes.inference.normalize import normalize_batch
@@ -37,7 +38,14 @@ class EnsembleConfig:
     img_size: int = 256  # where blending, thresholding and min_area happen
     keep_aspect: bool = True  # photos keep their aspect at model size (False: squashed, as older versions)
     resize_first: bool = True  # resize probabilities to the image's size, then threshold
+    # A member whose model shape has a side longer than this runs on overlapping windows of it
+    # (`tiling`): memory and time per forward stay bounded for large `img_size`. The presets' 256 px never tile.
+    tile_size: int = 512
+    tile_overlap: int = 64
     members: dict = field(default_factory=dict)  # name -> model_config of its checkpoint
+
+    def __post_init__(self):
+        tiling.check(self.tile_size, self.tile_overlap)
 
     def save(self, path: Path) -> Path:
         path.write_text(json.dumps(asdict(self), indent=2))
@@ -130,7 +138,8 @@ class EnsemblePredictor:
 
     def member_logits(self, images: list[np.ndarray], runtime: str | None = None) -> dict[str, list[np.ndarray]]:
         """Each member's TTA logits, batch by batch, at each image's model shape for the ensemble's
-        size (`geometry.model_hw`): {name: [(H,W) per image]}. Images of one shape share a forward."""
+        size (`geometry.model_hw`): {name: [(H,W) per image]}. Images of one shape share a forward
+        (or, longer than ``tile_size``, forwards of their windows)."""
         run = self._member_runner(self.runtime_for(runtime))
         size, keep = self.config.img_size, self.config.keep_aspect
         out: dict[str, list[np.ndarray]] = {name: [] for name in self.members}
@@ -146,12 +155,16 @@ class EnsemblePredictor:
                     index = tuple(i for i, shape in enumerate(shapes) if shape == hw)
                     if (hw, index) not in resized:
                         resized[hw, index] = resize_batch([chunk[i] for i in index], hw)
-                    with self._forward_lock:
-                        batch = run(name, resized[hw, index])
+                    batch = tiling.run_tiled(lambda tiles: self._locked(run, name, tiles), resized[hw, index],
+                                             self.config.tile_size, self.config.tile_overlap, self.batch_size)
                     for i, value in zip(index, batch):
                         logits[i] = resize_to(value, targets[i], cv2.INTER_LINEAR)
                 out[name].extend(logits)
         return out
+
+    def _locked(self, run, name: str, batch: np.ndarray) -> np.ndarray:
+        with self._forward_lock:
+            return run(name, batch)
 
     def member_logit_arrays(self, images: list[np.ndarray], runtime: str | None = None) -> dict[str, np.ndarray]:
         """`member_logits` of images of one shape (a cached split) as arrays {name: (N,H,W)}."""
