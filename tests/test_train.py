@@ -203,6 +203,8 @@ def test_crash_marks_the_run_failed(tracking_store, synth_data, monkeypatch):
 def test_bad_parameters_fail_before_any_run(tmp_path, synth_data):
     env = cli_env(tmp_path)
     for args, message in [(["--model", "deeplab", "--img-size", "100"], "img_size must be a multiple of 32"),
+                          (["--model", "deeplab", "--img-size", "big"],
+                           "expected an integer or 'auto' or 'preset', got 'big'"),
                           (["--model", "unetpp", "--epochs", "0"], "epochs must be a positive integer"),
                           (["--model", "unetpp", "--precision", "fp16"], "precision 'fp16' needs CUDA"),
                           (["--model", "unetpp", "--data-dir", str(tmp_path / "none")], "does not exist")]:

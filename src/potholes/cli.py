@@ -20,8 +20,8 @@ class Maybe(click.ParamType):
     is passed as a word that says what happens instead (``preset``, ``latest``, ``auto``...),
     never as an empty string; that word (or nothing) means "not given" here."""
 
-    def __init__(self, inner: type, unset: str, choices: tuple[str, ...] = ()):
-        self.inner, self.unset, self.choices = inner, unset, choices
+    def __init__(self, inner: type, unset: str, choices: tuple[str, ...] = (), words: tuple[str, ...] = ()):
+        self.inner, self.unset, self.choices, self.words = inner, unset, choices, words  # words: passed as they are
         self.name = TYPE_NAMES[inner]
 
     def get_metavar(self, param, ctx=None) -> str:
@@ -30,12 +30,15 @@ class Maybe(click.ParamType):
     def convert(self, value, param, ctx):
         if value is None or (isinstance(value, str) and value.strip() in ("", self.unset)):
             return None
+        if value in self.words:
+            return value
         if self.choices and value not in self.choices:
             self.fail(f"expected one of {[*self.choices, self.unset]}, got '{value}'", param, ctx)
         try:
             return self.inner(value)
         except ValueError:
-            self.fail(f"expected {'an' if self.name == 'integer' else 'a'} {self.name} or '{self.unset}', "
+            alternatives = " or ".join(f"'{word}'" for word in (*self.words, self.unset))
+            self.fail(f"expected {'an' if self.name == 'integer' else 'a'} {self.name} or {alternatives}, "
                       f"got '{value}'", param, ctx)
 
 
@@ -130,7 +133,10 @@ def prepare(ctx: click.Context, data_dir: str, val_fraction: float, seed: int) -
 
 
 @click.option("--batch-size", type=PRESET_INT, default=None, help="images per optimizer step  [default: the preset's]")
-@click.option("--img-size", type=PRESET_INT, default=None, help="model input size in px, a multiple of 32  [default: the preset's]")
+@click.option("--img-size", type=Maybe(int, "preset", words=("auto",)), default=None,
+              help="pixel budget: photos are seen at about img_size² pixels, a multiple of 32; auto: at least the "
+                   "preset's, larger when the training potholes are small (trained on crops of the preset's "
+                   "size)  [default: the preset's]")
 @click.option("--crop-size", type=PRESET_INT, default=None,
               help="train on random crops of this size (px, a multiple of 32) of the img_size image; validation, "
                    "tune and predict see the whole image; 0 = whole images  [default: the preset's]")

@@ -3,6 +3,7 @@ MLflow; this stage turns each round it reports into metrics, checkpoints and a r
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 from pathlib import Path
@@ -11,7 +12,7 @@ import torch
 
 from potholes.errors import ConfigError
 from potholes.reporting import previews
-from potholes.training import augment, cpu_affinity, distributed
+from potholes.training import augment, cpu_affinity, distributed, scale
 from potholes.training.config import TrainConfig
 from potholes.training.loader import SegmentationDataset, make_loader
 from potholes.training.loop import TrainState, device_for_training, fit, init_state
@@ -97,12 +98,17 @@ def run_train(config: TrainConfig, data_dir: str, progress: bool = True) -> dict
         raise ConfigError(f"world_size={config.world_size}, but this process is one of {distributed.size()}")
     main = distributed.is_main()
     progress = progress and main
+    data = open_stage_data(data_dir, config.val_fraction, config.split_seed,
+                           None if config.scale_from_data else config.img_size, progress, keep_aspect=config.keep_aspect)
+    chosen = None
+    if config.scale_from_data:  # every rank chooses the same from the same manifest
+        chosen = scale.choose(data.manifest, config.img_size, config.crop_size, config.keep_aspect)
+        config = dataclasses.replace(config, img_size=chosen.img_size, crop_size=chosen.crop_size)
+        data.img_size = config.img_size
     if main:
         print("resolved config:", ", ".join(f"{k}={v}" for k, v in config.as_params().items()), flush=True)
     device = device_for_training(config.deterministic)
     torch.set_num_threads(config.threads)  # fixed for the run: on CPU the results depend on it
-    data = open_stage_data(data_dir, config.val_fraction, config.split_seed, config.img_size, progress,
-                           keep_aspect=config.keep_aspect)
     root, manifest = data.root, data.manifest
     if config.crop_size > min(data.hw):
         raise ConfigError(f"crop_size {config.crop_size} does not fit the {data.hw[1]}x{data.hw[0]} (width x height) "
@@ -111,7 +117,8 @@ def run_train(config: TrainConfig, data_dir: str, progress: bool = True) -> dict
                          world_size=config.world_size, steps=config.steps, epochs=config.epochs,
                          rounds=config.rounds, warmup=config.warmup, val_images=data.count("val"))
     if main:
-        print(f"{config.model}: {plan.describe()}; photos seen at {data.hw[1]}x{data.hw[0]} (width x height)", flush=True)
+        print(f"{config.model}: {plan.describe()}; photos seen at {data.hw[1]}x{data.hw[0]} (width x height)"
+              + (f"; {chosen.reason}" if chosen else ""), flush=True)
     state = init_state(config, plan, device)  # fails here, before any run, when weights are unavailable
     train_images, train_masks = data.split("train")
     val_images, val_masks = data.split("val")

@@ -56,6 +56,7 @@ class TrainConfig:
     freeze_stride: int = 0  # encoder layers up to this output stride keep their pretrained weights (0 = train all)
     img_size: int = 320  # pixel budget: photos are seen at about img_size² pixels in their own aspect (geometry.py)
     crop_size: int = 0  # train on random crops of this size (0 = whole images); validation and inference see whole photos
+    scale_from_data: bool = False  # `--img-size auto`: train picks img_size (the preset's at least) from the masks (scale.py)
     keep_aspect: bool = True  # False: squash photos into img_size x img_size (models trained before this did)
     batch_size: int = 8
     steps: int = 300  # optimizer steps (the training budget), unless ``epochs`` is given
@@ -153,6 +154,8 @@ def resolve_config(model: str, preset: str = "auto", cuda_available: bool | None
         reason = "auto: CUDA available -> full" if cuda_available else "auto: no CUDA -> cpu"
     values = _preset_values(preset, model)
     explicit = {k: v for k, v in overrides.items() if v is not None}
+    if explicit.get("img_size") == "auto":  # the preset's size is the floor; train chooses (scale.py)
+        explicit["img_size"], explicit["scale_from_data"] = values["img_size"], True
     values.update(explicit)
     if values.get("precision") in ("auto", "fp16"):
         cuda_available = _probe_cuda(cuda_available)
