@@ -7,6 +7,11 @@ are never looked at here; `bench_quality.py` measures the chosen recipe on them.
         --candidates base lite1 ema tversky px320
     python benchmarks/bench_recipes.py --model unetpp --seeds 1 2 --candidates base geo_strong
     python benchmarks/bench_recipes.py --model unetpp --seeds 1 2 --candidates dice_focal base
+    python benchmarks/bench_recipes.py --model deeplab --seeds 1 2 --mosaic 2x4 --val-fraction 0.3 \
+        --candidates base img_auto
+
+``--mosaic RxC`` judges on the zoomed-out copy of the data (`potholes mosaic`: frames of R x C
+downscaled photos, 640x320), built from the training photos only, for small-pothole ideas.
 
 "base" is the cpu preset as it is now; rows measured before its loss became ``image_dice_focal``
 reproduce with ``dice_focal`` in front of their change.
@@ -47,6 +52,7 @@ CANDIDATES = {
     "unfrozen": {"freeze_stride": 0},  # every encoder layer trained (the cpu preset until row 6d)
     "frozen8": {"freeze_stride": 8},  # the cpu preset since row 6d; with --steps 410, the measured candidate
     "px288": {"img_size": 288},  # on the frozen preset: ~1.27x the pixels a step, paid by the time freezing saved
+    "img_auto": {"img_size": "auto"},  # the scale from the training masks (training/scale.py)
 }
 # Candidates that change the augmentation pipeline rather than a config value (not product options).
 TRANSFORMS = {"geo_strong": dict(scale=(0.8, 1.2), translate_percent=(-0.08, 0.08), rotate=(-10, 10), shear=(-3, 3),
@@ -108,6 +114,22 @@ def train_once(data: Path, model: str, preset: str, steps: int | None, seed: int
             "minutes": (time.perf_counter() - start) / 60}
 
 
+def mosaic_of(data: Path, tmp: Path, shape: str) -> Path:
+    """The mosaic copy of ``data``'s training photos (its test photos are never looked at here)."""
+    from potholes.data.dataset import find_dataset
+    from potholes.data.mosaic import build
+
+    rows, cols = (int(n) for n in shape.lower().split("x"))
+    train_only = tmp / "train_only"
+    layout = find_dataset(data)
+    (train_only / "train").mkdir(parents=True)
+    for folder in (layout.train_images, layout.train_masks):
+        (train_only / "train" / folder.name).symlink_to(folder.resolve())
+    out = tmp / f"mosaic{rows}x{cols}"
+    print("mosaic frames:", build(train_only, out, rows=rows, cols=cols, seed=0), flush=True)
+    return out
+
+
 def main() -> None:
     p = parser(__doc__)
     p.add_argument("--model", default="deeplab", choices=["unetpp", "deeplab"])
@@ -116,6 +138,8 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
     p.add_argument("--candidates", nargs="+", default=["base", "lite1", "ema", "tversky", "px320"],
                    choices=sorted(CANDIDATES))
+    p.add_argument("--mosaic", default=None, help="ROWSxCOLS: judge on the mosaic copy of the data's training photos")
+    p.add_argument("--val-fraction", type=float, default=None, help="validation share (default: the preset's)")
     args = p.parse_args()
     if args.quick:
         args.preset, args.steps, args.candidates = "smoke", 4, ["base", "geo_strong"]
@@ -124,12 +148,16 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         data = dataset(args, Path(tmp), n_train=16, n_test=4, size=64)
+        if args.mosaic:
+            data = mosaic_of(data, Path(tmp), args.mosaic)
+        extra = {} if args.val_fraction is None else {"val_fraction": args.val_fraction}
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
         tracking.configure("recipes", project_root=tmp)
         for name in args.candidates:
             use_affine(TRANSFORMS.get(name))
             use_architecture(ARCHITECTURE_KWARGS.get(name))
-            runs = [train_once(data, args.model, args.preset, args.steps, seed, CANDIDATES[name]) for seed in args.seeds]
+            runs = [train_once(data, args.model, args.preset, args.steps, seed, CANDIDATES[name] | extra)
+                    for seed in args.seeds]
             dice = [r["val_dice"] for r in runs]
             row = {"candidate": name, "overrides": CANDIDATES[name], "model": args.model, "steps": args.steps,
                    "seeds": args.seeds, "val_dice": dice, "val_dice_mean": statistics.mean(dice),
@@ -142,6 +170,7 @@ def main() -> None:
     for row in rows:
         row["vs_base"] = row["val_dice_mean"] - base["val_dice_mean"] if base else None
     report("recipes", rows, {"model": args.model, "preset": args.preset, "steps": args.steps,
+                             "mosaic": args.mosaic, "val_fraction": args.val_fraction,
                              "judged_on": "validation split, best val Dice @0.4, no TTA"}, args)
 
 
