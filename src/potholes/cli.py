@@ -7,52 +7,18 @@ import sys
 import click
 
 from potholes import __version__
+from potholes.cli_options import (  # noqa: F401  (Maybe: the parameter type tests check)
+    DATA_DIR_HELP,
+    PRESET_FLOAT,
+    PRESET_HELP,
+    PRESET_INT,
+    PRESET_STR,
+    PRESETS,
+    Maybe,
+    fail,
+)
+from potholes.dataset_commands import mosaic, synth
 from potholes.errors import UserError
-
-DATA_DIR_HELP = "dataset folder (competition layout: train/images, train/mask, test/images, sample_submission.csv)"
-
-
-TYPE_NAMES = {int: "integer", float: "float", str: "text"}
-
-
-class Maybe(click.ParamType):
-    """A value, or "not given". `mlflow run` logs every MLproject parameter, so an unset one
-    is passed as a word that says what happens instead (``preset``, ``latest``, ``auto``...),
-    never as an empty string; that word (or nothing) means "not given" here."""
-
-    def __init__(self, inner: type, unset: str, choices: tuple[str, ...] = (), words: tuple[str, ...] = ()):
-        self.inner, self.unset, self.choices, self.words = inner, unset, choices, words  # words: passed as they are
-        self.name = TYPE_NAMES[inner]
-
-    def get_metavar(self, param, ctx=None) -> str:
-        return f"[{'|'.join((*self.choices, self.unset))}]" if self.choices else self.name.upper()
-
-    def convert(self, value, param, ctx):
-        if value is None or (isinstance(value, str) and value.strip() in ("", self.unset)):
-            return None
-        if value in self.words:
-            return value
-        if self.choices and value not in self.choices:
-            self.fail(f"expected one of {[*self.choices, self.unset]}, got '{value}'", param, ctx)
-        try:
-            return self.inner(value)
-        except ValueError:
-            alternatives = " or ".join(f"'{word}'" for word in (*self.words, self.unset))
-            self.fail(f"expected {'an' if self.name == 'integer' else 'a'} {self.name} or {alternatives}, "
-                      f"got '{value}'", param, ctx)
-
-
-PRESET_INT, PRESET_FLOAT, PRESET_STR = Maybe(int, "preset"), Maybe(float, "preset"), Maybe(str, "preset")
-PRESETS = click.Choice(["auto", "full", "cpu", "demo", "smoke"])
-PRESET_HELP = ("auto = full with CUDA, else cpu; full = the seed's GPU recipe; demo = about a minute a model, to "
-               "see every stage on the synthetic set (not a recipe for photos); smoke = seconds, for tests")
-
-
-def _fail(exc: UserError) -> None:
-    """A mistake the user can fix (a bad parameter, bad data, a missing prerequisite): one message
-    and exit status 2. Every other exception is a bug and keeps its traceback (exit status 1)."""
-    click.echo(f"error: {exc}", err=True)
-    sys.exit(2)
 
 
 @click.group()
@@ -94,7 +60,7 @@ def prepare(ctx: click.Context, data_dir: str, val_fraction: float, seed: int) -
         _tracking(ctx)
         run_prepare(data_dir, SplitConfig(val_fraction=val_fraction, seed=seed))
     except UserError as exc:
-        _fail(exc)
+        fail(exc)
 
 
 @cli.command()
@@ -140,6 +106,9 @@ def prepare(ctx: click.Context, data_dir: str, val_fraction: float, seed: int) -
 @click.option("--crop-size", type=PRESET_INT, default=None,
               help="train on random crops of this size (px, a multiple of 32) of the img_size image; validation, "
                    "tune and predict see the whole image; 0 = whole images  [default: the preset's]")
+@click.option("--pothole-crops", type=PRESET_FLOAT, default=None,
+              help="share (0 to 1) of those crops placed on a pothole pixel, the rest anywhere, so small "
+                   "potholes in large frames are seen  [default: the preset's]")
 
 
 @click.option("--lr", type=PRESET_FLOAT, default=None, help="AdamW learning rate  [default: the preset's]")
@@ -215,7 +184,7 @@ def train(ctx: click.Context, data_dir: str, model: str, preset: str, resume: st
         with distributed.process_group():
             run_train(config, data_dir)
     except UserError as exc:
-        _fail(exc)
+        fail(exc)
 
 
 @cli.command()
@@ -276,7 +245,7 @@ def tune(ctx: click.Context, data_dir: str, **options) -> None:
         _tracking(ctx)
         run_tune(data_dir, config)
     except UserError as exc:
-        _fail(exc)
+        fail(exc)
 
 
 @cli.command()
@@ -316,7 +285,7 @@ def predict(ctx: click.Context, data_dir: str, model_uri: str, output: str, batc
         run_predict(data_dir, PredictConfig(model_uri=model_uri, output=output, batch_size=batch_size,
                                             runtime=runtime, engine=engine, spark_master=spark_master))
     except UserError as exc:
-        _fail(exc)
+        fail(exc)
 
 
 @cli.command(name="main")
@@ -343,45 +312,11 @@ def main_pipeline(ctx: click.Context, data_dir: str, preset: str, n_trials: int,
         _tracking(ctx)
         run_main(data_dir, preset=preset, n_trials=n_trials, output=output, registered_model=registered_model, seed=seed)
     except UserError as exc:
-        _fail(exc)
+        fail(exc)
 
 
-@cli.command()
-@click.argument("out_dir")
-@click.option("--n-train", default=40, show_default=True, type=click.IntRange(min=2), help="training pairs to write")
-@click.option("--n-test", default=10, show_default=True, type=click.IntRange(min=1), help="test pairs to write")
-@click.option("--size", default=256, show_default=True, type=click.IntRange(min=32), help="image side in px")
-@click.option("--seed", default=0, show_default=True, type=int, help="generator seed")
-def synth(out_dir: str, n_train: int, n_test: int, size: int, seed: int) -> None:
-    """Write a deterministic synthetic pothole dataset in the competition layout."""
-    from potholes.data.synthetic import generate
-
-    path = generate(out_dir, n_train=n_train, n_test=n_test, size=size, seed=seed)
-    click.echo(f"wrote {n_train} train and {n_test} test images ({size}px) to {path}")
-
-
-@cli.command()
-@click.argument("source")
-@click.argument("out_dir")
-@click.option("--rows", default=2, show_default=True, type=int, help="photos down a frame")
-@click.option("--cols", default=4, show_default=True, type=int, help="photos across a frame")
-@click.option("--frame", default="640x320", show_default=True, help="frame size, width x height in px")
-@click.option("--seed", default=0, show_default=True, type=int, help="order of the photos in the frames")
-def mosaic(source: str, out_dir: str, rows: int, cols: int, frame: str, seed: int) -> None:
-    """Write a zoomed-out copy of the dataset at SOURCE: frames of ROWS x COLS downscaled photos, to
-    choose small-pothole settings on (its validation split), never to quote as a quality figure."""
-    from potholes.data.mosaic import build
-
-    try:
-        width, height = (int(side) for side in frame.lower().split("x"))
-    except ValueError:
-        _fail(UserError(f"--frame must be WIDTHxHEIGHT in px, e.g. 640x320; got '{frame}'"))
-    try:
-        counts = build(source, out_dir, rows=rows, cols=cols, frame_hw=(height, width), seed=seed)
-    except UserError as exc:
-        _fail(exc)
-    click.echo(f"wrote {', '.join(f'{n} {split}' for split, n in counts.items())} frames of {cols}x{rows} photos "
-               f"({width}x{height}) to {out_dir}")
+cli.add_command(synth)
+cli.add_command(mosaic)
 
 
 def main() -> None:
