@@ -1,7 +1,8 @@
 """Row 6: quality and wall time of the whole pipeline on every dataset, run exactly as a user runs
 it (`mlflow run . --env-manager local -P data_dir=... -P seed=S`) into a fresh tracking store per
 dataset and seed: time per stage, validation Dice per model, tuned validation Dice, Dice on the
-test images (mean and spread over the seeds per dataset) and Dice by pothole size.
+test images and Dice by pothole size; last, one table: dataset -> test Dice (mean +- spread over
+the seeds), tuned validation Dice, Dice by size bucket (test images in each), minutes.
 Datasets: every folder of ../shared/data with a train/images folder (or --data-dirs).
 Targets with the cpu preset (issue 23): potholes test Dice >= 0.765, potholes-closeup >= 0.789
 (means of two seeds), each whole pipeline within 20 minutes."""
@@ -25,6 +26,8 @@ from common import (
     report,
     stage_seconds,
 )
+
+from potholes.reporting.size_buckets import BUCKETS
 
 
 def shared_datasets() -> list[str]:
@@ -118,13 +121,42 @@ def main() -> None:
                              **stage_seconds(m), "wall_seconds": out["wall_seconds"],
                              **pipeline_dice(m), **threshold_order_dice(Path(data), out["version"])})
                 mlflow.set_tracking_uri("")
-            ran = [r for r in rows if r["dataset"] == name]
-            dice = [r["test_dice"] for r in ran if r["test_dice"] is not None]
-            summary[name] = {"test_dice_mean": statistics.mean(dice) if dice else None,
-                             "test_dice_spread": max(dice) - min(dice) if dice else None,
-                             "wall_seconds_max": max(r["wall_seconds"] for r in ran), "command": out["command"]}
-    print("summary:", summary)
+            summary[name] = summarize([r for r in rows if r["dataset"] == name]) | {"command": out["command"]}
     report("quality", rows, {"datasets": summary, "target": "see the docstring"}, args)
+    print_table(summary)
+
+
+def mean_spread(values: list) -> tuple[float | None, float | None]:
+    values = [v for v in values if v is not None]
+    return (statistics.mean(values), max(values) - min(values)) if values else (None, None)
+
+
+def summarize(ran: list[dict]) -> dict:
+    """One dataset's runs (one per seed): the means over the seeds and their spreads."""
+    out = {"seeds": [r["seed"] for r in ran], "minutes_max": max(r["wall_seconds"] for r in ran) / 60}
+    for key in ("test_dice", "tuned_val_dice", *(f"test_dice_{b}" for b in BUCKETS)):
+        out[f"{key}_mean"], out[f"{key}_spread"] = mean_spread([r.get(key) for r in ran])
+    for bucket in BUCKETS:
+        out[f"test_images_{bucket}"] = ran[0].get(f"test_images_{bucket}")
+    return out
+
+
+def print_table(summary: dict) -> None:
+    """dataset -> test Dice (mean +- spread over the seeds), Dice by size bucket (images), minutes."""
+    def cell(mean, spread) -> str:
+        return "-" if mean is None else f"{mean:.3f} ± {spread:.3f}"
+
+    head = ["dataset", "seeds", "test Dice", "tuned val Dice", *(f"{b} (n)" for b in BUCKETS), "minutes (max)"]
+    lines = [head]
+    for name, s in summary.items():
+        buckets = [f"{cell(s[f'test_dice_{b}_mean'], s[f'test_dice_{b}_spread'])} ({s[f'test_images_{b}'] or 0:.0f})"
+                   if s[f"test_images_{b}"] else "-" for b in BUCKETS]
+        lines.append([name, " ".join(map(str, s["seeds"])), cell(s["test_dice_mean"], s["test_dice_spread"]),
+                      cell(s["tuned_val_dice_mean"], s["tuned_val_dice_spread"]), *buckets, f"{s['minutes_max']:.1f}"])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    print()
+    for line in lines:
+        print(" | ".join(c.ljust(w) for c, w in zip(line, widths)))
 
 
 if __name__ == "__main__":
