@@ -8,7 +8,9 @@ are never looked at here; `bench_quality.py` measures the chosen recipe on them.
     python benchmarks/bench_recipes.py --model unetpp --seeds 1 2 --candidates base geo_strong
     python benchmarks/bench_recipes.py --model unetpp --seeds 1 2 --candidates dice_focal base
     python benchmarks/bench_recipes.py --model deeplab --seeds 1 2 --mosaic 2x4 --val-fraction 0.3 \
-        --candidates base img_auto
+        --candidates img_256 img_auto
+    python benchmarks/bench_recipes.py --model deeplab --seeds 1 2 --mosaic 1x2 --val-fraction 0.3 \
+        --candidates base px512crop256
 
 ``--mosaic RxC`` judges on the zoomed-out copy of the data (`potholes mosaic`: frames of R x C
 downscaled photos, 640x320), built from the training photos only, for small-pothole ideas.
@@ -52,7 +54,11 @@ CANDIDATES = {
     "unfrozen": {"freeze_stride": 0},  # every encoder layer trained (the cpu preset until row 6d)
     "frozen8": {"freeze_stride": 8},  # the cpu preset since row 6d; with --steps 410, the measured candidate
     "px288": {"img_size": 288},  # on the frozen preset: ~1.27x the pixels a step, paid by the time freezing saved
-    "img_auto": {"img_size": "auto"},  # the scale from the training masks (training/scale.py)
+    "img_auto": {"img_size": "auto"},  # the scale from the training masks (training/scale.py; the cpu preset's since row 6g)
+    "img_256": {"img_size": 256},  # the preset's size, never scaled ("base" until the scale came from the data)
+    # the scale auto picks at its 2x cap, whatever the masks, with the random crops of row 6f
+    "px512crop256": {"img_size": 512, "crop_size": 256, "pothole_crops": 0.0},
+    "random_crops": {"pothole_crops": 0.0},  # crops anywhere (the cpu preset's until row 6h)
 }
 # Candidates that change the augmentation pipeline rather than a config value (not product options).
 TRANSFORMS = {"geo_strong": dict(scale=(0.8, 1.2), translate_percent=(-0.08, 0.08), rotate=(-10, 10), shear=(-3, 3),

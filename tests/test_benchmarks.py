@@ -40,6 +40,9 @@ SCRIPTS = {
                             == ["default", "OMP_PROC_BIND=false", "predict runtime=openvino"]
                             and [row["bound"] for row in r["rows"][:2]] == [r["cores"] > 1, False]
                             and all(row["threads"] == r["cores"] for row in r["rows"])),
+    "bench_crops.py": ("crops", lambda r: (r["rows"][0]["img_size"], r["rows"][0]["crop_size"]) == (512, 256)
+                       and 0 <= r["rows"][0]["random_crops_with_pothole"] <= r["rows"][0]["images_with_pothole"]
+                       and r["rows"][0]["pothole_crops"] == 0.5),
     "bench_scale.py": ("scale", lambda r: r["rows"][0]["train_pairs"] == 30 and r["rows"][0]["wall_seconds"] > 0),
 }
 

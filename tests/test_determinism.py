@@ -68,6 +68,33 @@ def test_crops_are_seeded_and_keep_image_and_mask_aligned():
     assert not torch.equal(crops[0][0], dataset[(2, 0)][0])  # another pass, another crop
 
 
+def test_pothole_crops_hold_the_one_small_pothole_of_a_large_frame_and_stay_seeded():
+    """``pothole_crops``: that share of crops is placed on a pothole pixel, the rest anywhere; at 0 it
+    is the random crop models were trained with before the option."""
+    masks = np.zeros((6, 128, 256), np.uint8)
+    for i, mask in enumerate(masks):
+        mask[20 * (i % 4) + 10:20 * (i % 4) + 16, 40 * i + 20:40 * i + 26] = 1  # one 6x6 pothole a frame
+    images = np.repeat((masks * 200 + 20)[..., None], 3, axis=-1).astype(np.uint8)
+
+    def share_holding(pothole_crops: float) -> float:
+        dataset = SegmentationDataset(images, masks, (0.5,) * 3, (0.5,) * 3,
+                                      augment.train_transform(5, 64, pothole_crops), seed=5)
+        held = [bool(dataset[(p, i)][1].any()) for p in range(20) for i in range(len(images))]
+        again = [bool(dataset[(p, i)][1].any()) for p in range(20) for i in range(len(images))]
+        assert held == again  # the same (seed, pass, index), the same crop
+        return float(np.mean(held))
+
+    random_share, half, every = share_holding(0.0), share_holding(0.5), share_holding(1.0)
+    assert random_share < 0.3  # a 64 px crop of a 256x128 frame misses a 6 px pothole most of the time
+    assert 0.5 <= half < 0.8 and every == 1.0
+    assert isinstance(augment.train_transform(5, 64, 0.0).transforms[0], A.RandomCrop)
+
+
+def test_pothole_crops_outside_0_to_1_are_refused_by_name():
+    with pytest.raises(Exception, match=r"pothole_crops must be a share from 0 to 1 .* got 1.5"):
+        resolve_config("unetpp", "cpu", pothole_crops=1.5, precision="fp32")
+
+
 def collect(loader, round_: int) -> list[torch.Tensor]:
     loader.sampler.set_round(round_)
     return [images[0] for images, _ in loader]

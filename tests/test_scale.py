@@ -1,4 +1,5 @@
-"""The model scale chosen from the training masks: `--img-size auto` (issue 23, point 2)."""
+"""The model scale chosen from the training masks: the cpu preset's default and `--img-size auto`
+(issue 23, point 2)."""
 
 from __future__ import annotations
 
@@ -58,9 +59,12 @@ def test_train_with_img_size_auto_logs_and_trains_at_the_chosen_scale(tracking_s
     assert member.config.members["deeplab"]["img_size"] == 128 and member.config.img_size == 128
 
 
-def test_img_size_auto_is_the_presets_size_until_train_chooses():
+def test_the_cpu_preset_chooses_its_scale_and_a_size_asked_for_is_the_size_used():
     config = resolve_config("unetpp", "cpu", img_size="auto", precision="fp32")
     assert (config.img_size, config.scale_from_data) == (256, True)
-    assert resolve_config("unetpp", "cpu", precision="fp32").scale_from_data is False
+    assert resolve_config("unetpp", "cpu", precision="fp32").scale_from_data is True  # the default
+    assert resolve_config("unetpp", "cpu", img_size=256, precision="fp32").scale_from_data is False
+    assert resolve_config("unetpp", "cpu", img_size=320, precision="fp32").img_size == 320
+    assert resolve_config("unetpp", "smoke").scale_from_data is False  # the other presets keep their size
     with pytest.raises(Exception, match="img_size must be a multiple of 32"):
         resolve_config("unetpp", "cpu", img_size=100, precision="fp32")

@@ -123,7 +123,7 @@ def run_train(config: TrainConfig, data_dir: str, progress: bool = True) -> dict
     train_images, train_masks = data.split("train")
     val_images, val_masks = data.split("val")
     train_loader = make_loader(SegmentationDataset(train_images, train_masks, config.mean, config.std,
-                                                   augment.train_transform(config.seed, config.crop_size),
+                                                   augment.train_transform(config.seed, config.crop_size, config.pothole_crops),
                                                    config.seed),
                                config, train=True, rank=distributed.rank(), world_size=config.world_size,
                                steps_per_round=plan.steps_per_round)

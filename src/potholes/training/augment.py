@@ -23,11 +23,13 @@ from potholes.inference.normalize import normalize_batch
 GAUSS_NOISE_STD_RANGE = (math.sqrt(4) / 255, math.sqrt(15) / 255)
 
 
-def train_transform(seed: int = 0, crop_size: int = 0) -> A.Compose:
+def train_transform(seed: int = 0, crop_size: int = 0, pothole_crops: float = 0.0) -> A.Compose:
     """The seed's augmentations; with ``crop_size``, first a random square crop of that size, so
     a step costs what a ``crop_size`` image costs while the model learns at the cached (larger)
-    scale it will predict at."""
-    crop = [A.RandomCrop(crop_size, crop_size, p=1.0)] if crop_size else []
+    scale it will predict at. A ``pothole_crops`` share of those crops holds a pothole pixel
+    (any one, uniformly; albumentations' CropNonEmptyMaskIfExists): in a wide frame with one small
+    pothole most random crops hold none (BENCHMARKS.md, row 6h)."""
+    crop = [_crop(crop_size, pothole_crops)] if crop_size else []
     transform = A.Compose([
         *crop,
         A.HorizontalFlip(p=0.5),
@@ -47,6 +49,13 @@ def train_transform(seed: int = 0, crop_size: int = 0) -> A.Compose:
     ])
     seed_transform(transform, seed)
     return transform
+
+
+def _crop(size: int, pothole_crops: float) -> A.BasicTransform | A.OneOf:
+    if not pothole_crops:  # exactly the random crop models were trained with before the option
+        return A.RandomCrop(size, size, p=1.0)
+    return A.OneOf([A.CropNonEmptyMaskIfExists(size, size, p=pothole_crops),
+                    A.RandomCrop(size, size, p=1.0 - pothole_crops)], p=1.0)
 
 
 def seed_transform(transform: A.BaseCompose, seed: int | np.random.SeedSequence) -> None:

@@ -9,7 +9,9 @@ Presets:
   pipeline fits in 20 minutes on 2 CPU cores whatever the dataset's size (BENCHMARKS.md, rows 6,
   6b and 6c). Its loss scores each image's Dice, as the metric does (row 6a), and its encoder's
   high-resolution layers keep their ImageNet weights, which makes a step 1.3-1.4x cheaper at the
-  same Dice (rows 6 and 6d).
+  same Dice (rows 6 and 6d). Its scale comes from the training masks: 256 px unless the small
+  potholes need more, up to 512 px trained on 256 px crops, half of them on a pothole
+  (`potholes.training.scale`; rows 6f to 6h).
 
 Training length is a budget of optimizer steps (`potholes.training.schedule`); ``epochs`` overrides it.
 - ``demo``: a demo-sized budget, not a recipe: the ``cpu`` preset's models and weights at 128 px for
@@ -56,7 +58,8 @@ class TrainConfig:
     freeze_stride: int = 0  # encoder layers up to this output stride keep their pretrained weights (0 = train all)
     img_size: int = 320  # pixel budget: photos are seen at about img_size² pixels in their own aspect (geometry.py)
     crop_size: int = 0  # train on random crops of this size (0 = whole images); validation and inference see whole photos
-    scale_from_data: bool = False  # `--img-size auto`: train picks img_size (the preset's at least) from the masks (scale.py)
+    pothole_crops: float = 0.0  # share of those crops placed on a pothole pixel (the rest anywhere): small potholes in wide frames
+    scale_from_data: bool = False  # train picks img_size (this one at least) from the masks (scale.py); the cpu preset's default
     keep_aspect: bool = True  # False: squash photos into img_size x img_size (models trained before this did)
     batch_size: int = 8
     steps: int = 300  # optimizer steps (the training budget), unless ``epochs`` is given
@@ -107,7 +110,8 @@ def _preset_values(preset: str, model: str) -> dict:
     if preset == "cpu":
         return dict(encoder=LITE0, encoder_weights="imagenet", img_size=256, batch_size=8,
                     steps=CPU_STEPS[model]["bf16"], rounds=10, lr=1e-3, weight_decay=1e-4,
-                    num_workers=1, precision="auto", loss="image_dice_focal", freeze_stride=8)
+                    num_workers=1, precision="auto", loss="image_dice_focal", freeze_stride=8, scale_from_data=True,
+                    pothole_crops=0.5)
     if preset == "demo":
         return dict(encoder=LITE0, encoder_weights="imagenet", img_size=128, batch_size=8, steps=60, rounds=3,
                     lr=1e-3, weight_decay=1e-4, num_workers=0, precision="auto", loss="image_dice_focal",
@@ -156,6 +160,8 @@ def resolve_config(model: str, preset: str = "auto", cuda_available: bool | None
     explicit = {k: v for k, v in overrides.items() if v is not None}
     if explicit.get("img_size") == "auto":  # the preset's size is the floor; train chooses (scale.py)
         explicit["img_size"], explicit["scale_from_data"] = values["img_size"], True
+    elif "img_size" in explicit:  # a size asked for is the size used
+        explicit.setdefault("scale_from_data", False)
     values.update(explicit)
     if values.get("precision") in ("auto", "fp16"):
         cuda_available = _probe_cuda(cuda_available)
@@ -222,6 +228,9 @@ def validate(config: TrainConfig) -> None:
     if config.crop_size and not crop_ok:
         raise ConfigError(f"crop_size must be a multiple of {SIZE_MULTIPLE} from {SIZE_MULTIPLE} to img_size "
                           f"({config.img_size}), or 0 for whole images, got {config.crop_size}")
+    if not 0.0 <= config.pothole_crops <= 1.0:
+        raise ConfigError(f"pothole_crops must be a share from 0 to 1 (of the training crops placed on a pothole), "
+                          f"got {config.pothole_crops}")
     if not config.lr > 0:
         raise ConfigError(f"lr must be > 0, got {config.lr}")
     if config.weight_decay < 0:
