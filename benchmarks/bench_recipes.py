@@ -99,9 +99,9 @@ def use_affine(affine: dict | None) -> None:
         augment.train_transform = SEED_TRANSFORM
         return
 
-    def patched(seed: int = 0, crop_size: int = 0) -> A.Compose:
+    def patched(seed: int = 0, crop_size: int = 0, pothole_crops: float = 0.0) -> A.Compose:
         steps = [A.Affine(**affine, interpolation=cv2.INTER_LINEAR, border_mode=cv2.BORDER_REFLECT_101)
-                 if isinstance(t, A.Affine) else t for t in SEED_TRANSFORM(seed, crop_size).transforms]
+                 if isinstance(t, A.Affine) else t for t in SEED_TRANSFORM(seed, crop_size, pothole_crops).transforms]
         transform = A.Compose(steps)
         augment.seed_transform(transform, seed)
         return transform
