@@ -102,7 +102,7 @@ def prepare(ctx: click.Context, data_dir: str, val_fraction: float, seed: int) -
 @click.option("--img-size", type=Maybe(int, "preset", words=("auto",)), default=None,
               help="pixel budget: photos are seen at about img_size² pixels, a multiple of 32; auto: at least the "
                    "preset's, larger when the training potholes are small (trained on crops of the preset's "
-                   "size)  [default: the preset's]")
+                   "size)  [default: the preset's; cpu: auto]")
 @click.option("--crop-size", type=PRESET_INT, default=None,
               help="train on random crops of this size (px, a multiple of 32) of the img_size image; validation, "
                    "tune and predict see the whole image; 0 = whole images  [default: the preset's]")
