@@ -56,6 +56,7 @@ def crop_counts(data: Path, seeds: list[int], passes: int, min_pixels: int | Non
                     f"{name}{kind}_spread": max(shares) - min(shares)}
     return row | {"pothole_crops": config.pothole_crops}
 
+
 def _smallest_only(mask: np.ndarray) -> np.ndarray:
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8))
     if count < 2:
@@ -77,7 +78,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         sources = [args.data_dir] if args.quick else shared_datasets() or [args.data_dir]
         for source in sources:
-            data = dataset(argparse_for(args, source), Path(tmp) / Path(source).name, n_train=12, n_test=2, size=256)
+            args.data_dir = source  # `dataset` reads it from there, as in bench_quality
+            data = dataset(args, Path(tmp) / Path(source).name, n_train=12, n_test=2, size=256)
             name = Path(data).name if Path(data) == Path(source) else "synthetic"
             rows.append({"dataset": name, **crop_counts(Path(data), args.seeds, args.passes, args.min_pixels)})
             for shape in args.mosaic:
@@ -85,15 +87,6 @@ def main() -> None:
                 rows.append({"dataset": f"{name} mosaic {shape}", **crop_counts(out, args.seeds, args.passes, args.min_pixels)})
             print(rows[-1], flush=True)
     report("crops", rows, {"seeds": args.seeds, "passes": args.passes}, args)
-
-
-def argparse_for(args, source: str):
-    """``args`` with ``data_dir`` set to one source (``dataset`` reads it from there)."""
-    import copy
-
-    one = copy.copy(args)
-    one.data_dir = source
-    return one
 
 
 if __name__ == "__main__":
