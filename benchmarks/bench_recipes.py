@@ -11,6 +11,8 @@ are never looked at here; `bench_quality.py` measures the chosen recipe on them.
         --candidates img_256 img_auto
     python benchmarks/bench_recipes.py --model deeplab --seeds 1 2 --mosaic 1x2 --val-fraction 0.3 \
         --candidates base px512crop256
+    python benchmarks/bench_recipes.py --model deeplab --seeds 1 2 --mosaic 2x4 --val-fraction 0.3 \
+        --candidates os8
 
 ``--mosaic RxC`` judges on the zoomed-out copy of the data (`potholes mosaic`: frames of R x C
 downscaled photos, 640x320), built from the training photos only, for small-pothole ideas.
@@ -59,6 +61,8 @@ CANDIDATES = {
     # the scale auto picks at its 2x cap, whatever the masks, with the random crops of row 6f
     "px512crop256": {"img_size": 512, "crop_size": 256, "pothole_crops": 0.0},
     "random_crops": {"pothole_crops": 0.0},  # crops anywhere (the cpu preset's until row 6h)
+    "os8": {},  # the architecture change below
+    "depth4": {},  # the architecture change below
 }
 # Candidates that change the augmentation pipeline rather than a config value (not product options).
 TRANSFORMS = {"geo_strong": dict(scale=(0.8, 1.2), translate_percent=(-0.08, 0.08), rotate=(-10, 10), shear=(-3, 3),
@@ -69,8 +73,15 @@ TRANSFORMS = {"geo_strong": dict(scale=(0.8, 1.2), translate_percent=(-0.08, 0.0
 # DeepLabV3+'s default atrous rates (12, 24, 36) suit 512 px inputs; at 256 px its output-stride-16
 # map is 16x16, where dilations 24 and 36 see only their centre tap (a 1x1 conv); (3, 6, 9) keeps
 # the 3x3 taps inside the map, as the DeepLabV3 paper's (6, 12, 18) do on its 33x33 map.
+# At output stride 8 the encoder's last stages are dilated instead of strided: DeepLabV3+'s ASPP
+# sees a map 4x as large (32x32 on a 256 px crop), so a pothole of a few model pixels still has a
+# feature of its own; smp's rates (12, 24, 36) are the paper's for that stride.
+# UNet++ at encoder depth 4 drops the stride-32 stage and its nested decoder column: fewer, finer
+# features, and a cheaper step.
 ARCHITECTURE_KWARGS = {"aspp369": {"DeepLabV3Plus": {"decoder_atrous_rates": (3, 6, 9)}},
-                       "scse220": {"UnetPlusPlus": {"decoder_attention_type": "scse"}}}
+                       "scse220": {"UnetPlusPlus": {"decoder_attention_type": "scse"}},
+                       "os8": {"DeepLabV3Plus": {"encoder_output_stride": 8}},
+                       "depth4": {"UnetPlusPlus": {"encoder_depth": 4, "decoder_channels": (256, 128, 64, 32)}}}
 SMP_CLASSES: dict = {}
 
 

@@ -58,3 +58,39 @@ def test_benchmark_quick_mode(script, tmp_path):
     result = json.loads(out.read_text())
     assert result["quick"] is True and result["machine"]["nproc"] >= 1
     assert check(result), result["rows"]
+
+
+@pytest.fixture
+def bench_recipes(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import bench_recipes
+
+    yield bench_recipes
+    bench_recipes.use_architecture(None)
+
+
+def feature_sides(model, side: int = 256) -> list[int]:
+    import torch
+
+    with torch.no_grad():
+        return [f.shape[-1] for f in model.encoder(torch.zeros(1, 3, side, side))]
+
+
+@pytest.mark.parametrize("candidate, arch, changed, stock", [
+    ("os8", "deeplab", [256, 128, 64, 32, 32, 32], [256, 128, 64, 32, 16, 16]),
+    ("depth4", "unetpp", [256, 128, 64, 32, 16], [256, 128, 64, 32, 16, 8]),
+])
+def test_architecture_candidates_change_the_encoder_then_restore_it(bench_recipes, candidate, arch, changed, stock):
+    """bench_recipes' os8 / depth4 rows measure what they claim: the product's own build_model gives
+    the changed network while the candidate is on, and smp's stock one again after."""
+    import torch
+
+    from potholes.training.models import LITE0, build_model
+
+    bench_recipes.use_architecture(bench_recipes.ARCHITECTURE_KWARGS[candidate])
+    model = build_model(arch, LITE0, None).eval()
+    assert feature_sides(model) == changed
+    with torch.no_grad():
+        assert model(torch.zeros(1, 3, 256, 256)).shape[-2:] == (256, 256)
+    bench_recipes.use_architecture(None)
+    assert feature_sides(build_model(arch, LITE0, None)) == stock
