@@ -12,7 +12,9 @@ are never looked at here; `bench_quality.py` measures the chosen recipe on them.
     python benchmarks/bench_recipes.py --model deeplab --seeds 1 2 --mosaic 1x2 --val-fraction 0.3 \
         --candidates base px512crop256
     python benchmarks/bench_recipes.py --model deeplab --seeds 1 2 --mosaic 2x4 --val-fraction 0.3 \
-        --candidates os8
+        --candidates base os8
+    python benchmarks/bench_recipes.py --model unetpp --seeds 1 2 --mosaic 2x4 --val-fraction 0.3 \
+        --candidates base depth4
 
 ``--mosaic RxC`` judges on the zoomed-out copy of the data (`potholes mosaic`: frames of R x C
 downscaled photos, 640x320), built from the training photos only, for small-pothole ideas.
