@@ -78,12 +78,12 @@ TRANSFORMS = {"geo_strong": dict(scale=(0.8, 1.2), translate_percent=(-0.08, 0.0
 # At output stride 8 the encoder's last stages are dilated instead of strided: DeepLabV3+'s ASPP
 # sees a map 4x as large (32x32 on a 256 px crop), so a pothole of a few model pixels still has a
 # feature of its own; smp's rates (12, 24, 36) are the paper's for that stride.
-# UNet++ at encoder depth 4 drops the stride-32 stage and its nested decoder column: fewer, finer
-# features, and a cheaper step.
+# UNet++ at encoder depth 4 drops the stride-32 stage and its nested decoder column, and keeps the
+# channels the base decoder has at each stride (16 at full size): one change, not a wider decoder.
 ARCHITECTURE_KWARGS = {"aspp369": {"DeepLabV3Plus": {"decoder_atrous_rates": (3, 6, 9)}},
                        "scse220": {"UnetPlusPlus": {"decoder_attention_type": "scse"}},
                        "os8": {"DeepLabV3Plus": {"encoder_output_stride": 8}},
-                       "depth4": {"UnetPlusPlus": {"encoder_depth": 4, "decoder_channels": (256, 128, 64, 32)}}}
+                       "depth4": {"UnetPlusPlus": {"encoder_depth": 4, "decoder_channels": (128, 64, 32, 16)}}}
 SMP_CLASSES: dict = {}
 
 
