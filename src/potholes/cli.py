@@ -109,6 +109,13 @@ def prepare(ctx: click.Context, data_dir: str, val_fraction: float, seed: int) -
 @click.option("--pothole-crops", type=PRESET_FLOAT, default=None,
               help="share (0 to 1) of those crops placed on a pothole pixel, the rest anywhere, so small "
                    "potholes in large frames are seen  [default: the preset's]")
+@click.option("--copy-paste", type=PRESET_FLOAT, default=None,
+              help="share (0 to 1) of training samples that get one pothole of another training image pasted "
+                   "in, shrunk 0.5-1x  [default: the preset's]")
+@click.option("--small-pothole-weight", type=PRESET_FLOAT, default=None,
+              help="extra loss weight of a pothole's pixels: all of it up to 64 model px, half at 256 px, "
+                   "falling with the square root of the area; needs loss image_dice_focal; 0 = off  "
+                   "[default: the preset's]")
 
 
 @click.option("--lr", type=PRESET_FLOAT, default=None, help="AdamW learning rate  [default: the preset's]")

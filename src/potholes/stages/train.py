@@ -14,6 +14,7 @@ from potholes.errors import ConfigError
 from potholes.reporting import previews
 from potholes.training import augment, cpu_affinity, distributed, scale
 from potholes.training.config import TrainConfig
+from potholes.training.copy_paste import PatchBank
 from potholes.training.loader import SegmentationDataset, make_loader
 from potholes.training.loop import TrainState, device_for_training, fit, init_state
 from potholes.training.schedule import plan_training
@@ -122,9 +123,11 @@ def run_train(config: TrainConfig, data_dir: str, progress: bool = True) -> dict
     state = init_state(config, plan, device)  # fails here, before any run, when weights are unavailable
     train_images, train_masks = data.split("train")
     val_images, val_masks = data.split("val")
-    train_loader = make_loader(SegmentationDataset(train_images, train_masks, config.mean, config.std,
-                                                   augment.train_transform(config.seed, config.crop_size, config.pothole_crops),
-                                                   config.seed),
+    patches = PatchBank(train_images, train_masks, (config.crop_size,) * 2 if config.crop_size else data.hw) \
+        if config.copy_paste else None
+    transform = augment.train_transform(config.seed, config.crop_size, config.pothole_crops, config.copy_paste)
+    train_loader = make_loader(SegmentationDataset(train_images, train_masks, config.mean, config.std, transform,
+                                                   config.seed, patches),
                                config, train=True, rank=distributed.rank(), world_size=config.world_size,
                                steps_per_round=plan.steps_per_round)
     val_loader = make_loader(SegmentationDataset(val_images, val_masks, config.mean, config.std), config, train=False,

@@ -21,17 +21,23 @@ import torch
 from potholes.inference.normalize import normalize_batch
 
 GAUSS_NOISE_STD_RANGE = (math.sqrt(4) / 255, math.sqrt(15) / 255)
+PASTE_KEY = "overlay_metadata"
 
 
-def train_transform(seed: int = 0, crop_size: int = 0, pothole_crops: float = 0.0) -> A.Compose:
+def train_transform(seed: int = 0, crop_size: int = 0, pothole_crops: float = 0.0, copy_paste: float = 0.0) -> A.Compose:
     """The seed's augmentations; with ``crop_size``, first a random square crop of that size, so
     a step costs what a ``crop_size`` image costs while the model learns at the cached (larger)
     scale it will predict at. A ``pothole_crops`` share of those crops holds a pothole pixel
     (any one, uniformly; albumentations' CropNonEmptyMaskIfExists): in a wide frame with one small
-    pothole most random crops hold none (BENCHMARKS.md, row 6h)."""
+    pothole most random crops hold none (BENCHMARKS.md, row 6h). A ``copy_paste`` share of samples
+    then gets a pothole of another image pasted in (`copy_paste.PatchBank` supplies it as
+    ``overlay_metadata``)."""
     crop = [_crop(crop_size, pothole_crops)] if crop_size else []
+    # only when asked for: a transform that is there draws from the stream even when it does not apply
+    paste = [A.OverlayElements(metadata_key=PASTE_KEY, p=copy_paste)] if copy_paste else []
     transform = A.Compose([
         *crop,
+        *paste,
         A.HorizontalFlip(p=0.5),
         A.Affine(scale=(0.97, 1.05), translate_percent=(0.0, 0.03), rotate=(-2.0, 2.0), shear=(-1.5, 1.5),
                  interpolation=cv2.INTER_LINEAR, border_mode=cv2.BORDER_REFLECT_101, p=0.4),

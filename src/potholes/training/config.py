@@ -59,6 +59,7 @@ class TrainConfig:
     img_size: int = 320  # pixel budget: photos are seen at about img_size² pixels in their own aspect (geometry.py)
     crop_size: int = 0  # train on random crops of this size (0 = whole images); validation and inference see whole photos
     pothole_crops: float = 0.0  # share of those crops placed on a pothole pixel (the rest anywhere): small potholes in wide frames
+    copy_paste: float = 0.0  # share of training samples given a pothole of another image (copy_paste.py)
     scale_from_data: bool = False  # train picks img_size (this one at least) from the masks (scale.py); the cpu preset's default
     keep_aspect: bool = True  # False: squash photos into img_size x img_size (models trained before this did)
     batch_size: int = 8
@@ -73,6 +74,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     focal_weight: float = 0.6
     focal_gamma: float = 2.0
+    small_pothole_weight: float = 0.0  # extra loss weight of a small pothole's pixels (losses.py; 0 = off)
     val_threshold: float = 0.4
     num_workers: int = 1
     seed: int = 42
@@ -231,6 +233,14 @@ def validate(config: TrainConfig) -> None:
     if not 0.0 <= config.pothole_crops <= 1.0:
         raise ConfigError(f"pothole_crops must be a share from 0 to 1 (of the training crops placed on a pothole), "
                           f"got {config.pothole_crops}")
+    if not 0.0 <= config.copy_paste <= 1.0:
+        raise ConfigError(f"copy_paste must be a share from 0 to 1 (of the training samples given a pasted pothole), "
+                          f"got {config.copy_paste}")
+    if config.small_pothole_weight < 0:
+        raise ConfigError(f"small_pothole_weight must be >= 0 (0 = off), got {config.small_pothole_weight}")
+    if config.small_pothole_weight and config.loss != "image_dice_focal":
+        raise ConfigError(f"small_pothole_weight weighs the pixels of loss 'image_dice_focal'; loss is '{config.loss}': "
+                          "use loss=image_dice_focal or small_pothole_weight=0")
     if not config.lr > 0:
         raise ConfigError(f"lr must be > 0, got {config.lr}")
     if config.weight_decay < 0:

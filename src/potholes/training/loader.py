@@ -17,6 +17,7 @@ from potholes.data.dataset import read_image, read_mask
 from potholes.inference.geometry import canvas_hw, fit_pair
 from potholes.training import augment, cpu_affinity
 from potholes.training.config import TrainConfig
+from potholes.training.copy_paste import PatchBank
 
 
 def seed_everything(seed: int) -> None:
@@ -57,9 +58,10 @@ class SegmentationDataset(Dataset):
     depend on nothing else (worker count, which worker, where a resumed run restarted).
     """
 
-    def __init__(self, images: np.ndarray, masks: np.ndarray, mean, std, transform=None, seed: int = 0):
+    def __init__(self, images: np.ndarray, masks: np.ndarray, mean, std, transform=None, seed: int = 0,
+                 patches: PatchBank | None = None):
         self.images, self.masks, self.mean, self.std = images, masks, mean, std
-        self.transform, self.seed = transform, seed
+        self.transform, self.seed, self.patches = transform, seed, patches
 
     def __len__(self) -> int:
         return len(self.images)
@@ -69,7 +71,10 @@ class SegmentationDataset(Dataset):
         image, mask = self.images[index], self.masks[index]
         if self.transform is not None:
             augment.seed_transform(self.transform, augment.sample_seed(self.seed, pass_, index))
-            out = self.transform(image=image, mask=mask)
+            pasted = {}
+            if self.patches is not None:  # OverlayElements writes into the mask: never into the cache's
+                mask, pasted = mask.copy(), {augment.PASTE_KEY: self.patches.draw(self.seed, pass_, index)}
+            out = self.transform(image=image, mask=mask, **pasted)
             image, mask = out["image"], out["mask"]
         return augment.to_tensor(image, self.mean, self.std), torch.from_numpy(np.ascontiguousarray(mask)).float()[None]
 
