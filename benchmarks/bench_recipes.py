@@ -15,6 +15,8 @@ are never looked at here; `bench_quality.py` measures the chosen recipe on them.
         --candidates base os8
     python benchmarks/bench_recipes.py --model unetpp --seeds 1 2 --mosaic 2x4 --val-fraction 0.3 \
         --candidates base depth4
+    python benchmarks/bench_recipes.py --model deeplab --seeds 1 2 --mosaic 2x4 --val-fraction 0.3 \
+        --candidates base copy_paste small_weight
 
 ``--mosaic RxC`` judges on the zoomed-out copy of the data (`potholes mosaic`: frames of R x C
 downscaled photos, 640x320), built from the training photos only, for small-pothole ideas.
@@ -65,6 +67,8 @@ CANDIDATES = {
     "random_crops": {"pothole_crops": 0.0},  # crops anywhere (the cpu preset's until row 6h)
     "os8": {},  # the architecture change below
     "depth4": {},  # the architecture change below
+    "copy_paste": {"copy_paste": 0.5},  # half the samples get a pothole of another image (training/copy_paste.py)
+    "small_weight": {"small_pothole_weight": 3.0},  # 4x the loss weight of potholes up to 64 model px (losses.py)
 }
 # Candidates that change the augmentation pipeline rather than a config value (not product options).
 TRANSFORMS = {"geo_strong": dict(scale=(0.8, 1.2), translate_percent=(-0.08, 0.08), rotate=(-10, 10), shear=(-3, 3),
@@ -112,9 +116,10 @@ def use_affine(affine: dict | None) -> None:
         augment.train_transform = SEED_TRANSFORM
         return
 
-    def patched(seed: int = 0, crop_size: int = 0, pothole_crops: float = 0.0) -> A.Compose:
+    def patched(seed: int = 0, crop_size: int = 0, pothole_crops: float = 0.0, copy_paste: float = 0.0) -> A.Compose:
         steps = [A.Affine(**affine, interpolation=cv2.INTER_LINEAR, border_mode=cv2.BORDER_REFLECT_101)
-                 if isinstance(t, A.Affine) else t for t in SEED_TRANSFORM(seed, crop_size, pothole_crops).transforms]
+                 if isinstance(t, A.Affine) else t
+                 for t in SEED_TRANSFORM(seed, crop_size, pothole_crops, copy_paste).transforms]
         transform = A.Compose(steps)
         augment.seed_transform(transform, seed)
         return transform
