@@ -17,7 +17,11 @@ are never looked at here; `bench_quality.py` measures the chosen recipe on them.
         --candidates base depth4
     python benchmarks/bench_recipes.py --model deeplab --seeds 1 2 --mosaic 2x4 --val-fraction 0.3 \
         --candidates base copy_paste small_weight
+    python benchmarks/bench_recipes.py --model deeplab --seeds 1 2 --split-seeds 42 7 \
+        --data-dir ../shared/data/potholes-closeup --candidates base copy_paste
 
+``--split-seeds`` repeats every seed on each of several train/validation splits (the preset's
+split seed, 42, by default): one split's few validation photos separate ideas of +-0.01 poorly.
 ``--mosaic RxC`` judges on the zoomed-out copy of the data (`potholes mosaic`: frames of R x C
 downscaled photos, 640x320), built from the training photos only, for small-pothole ideas.
 
@@ -134,8 +138,10 @@ def train_once(data: Path, model: str, preset: str, steps: int | None, seed: int
     config = resolve_config(model, preset, seed=seed, **({"steps": steps} | overrides))
     start = time.perf_counter()
     result = run_train(config, str(data), progress=False)
-    return {"val_dice": result["best_val_dice"], "best_step": result["best_step"],
-            "minutes": (time.perf_counter() - start) / 60}
+    minutes = (time.perf_counter() - start) / 60
+    print(f"  split {config.split_seed}, seed {seed}: best val Dice {result['best_val_dice']:.4f} at step "
+          f"{result['best_step']}, {minutes:.1f} min", flush=True)
+    return {"val_dice": result["best_val_dice"], "best_step": result["best_step"], "minutes": minutes}
 
 
 def mosaic_of(data: Path, tmp: Path, shape: str) -> Path:
@@ -164,6 +170,8 @@ def main() -> None:
                    choices=sorted(CANDIDATES))
     p.add_argument("--mosaic", default=None, help="ROWSxCOLS: judge on the mosaic copy of the data's training photos")
     p.add_argument("--val-fraction", type=float, default=None, help="validation share (default: the preset's)")
+    p.add_argument("--split-seeds", type=int, nargs="+", default=[42],
+                   help="train/validation splits to repeat every seed on (default: the preset's, 42)")
     args = p.parse_args()
     if args.quick:
         args.preset, args.steps, args.candidates = "smoke", 4, ["base", "geo_strong"]
@@ -180,11 +188,13 @@ def main() -> None:
         for name in args.candidates:
             use_affine(TRANSFORMS.get(name))
             use_architecture(ARCHITECTURE_KWARGS.get(name))
-            runs = [train_once(data, args.model, args.preset, args.steps, seed, CANDIDATES[name] | extra)
-                    for seed in args.seeds]
+            runs = [train_once(data, args.model, args.preset, args.steps, seed,
+                               CANDIDATES[name] | extra | {"split_seed": split})
+                    for split in args.split_seeds for seed in args.seeds]
             dice = [r["val_dice"] for r in runs]
             row = {"candidate": name, "overrides": CANDIDATES[name], "model": args.model, "steps": args.steps,
-                   "seeds": args.seeds, "val_dice": dice, "val_dice_mean": statistics.mean(dice),
+                   "seeds": args.seeds, "split_seeds": args.split_seeds, "val_dice": dice,
+                   "val_dice_mean": statistics.mean(dice),
                    "val_dice_spread": max(dice) - min(dice), "best_steps": [r["best_step"] for r in runs],
                    "minutes_per_run": statistics.mean(r["minutes"] for r in runs)}
             rows.append(row)
