@@ -44,6 +44,29 @@ def test_a_bad_parameter_names_itself_the_value_and_what_is_expected(tmp_path, a
     assert not (tmp_path / "mlflow.db").exists()  # refused before any run
 
 
+
+def test_every_bad_training_parameter_of_one_command_is_named_at_once(tmp_path):
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    args = ["train", "--model", "deeplab", "--img-size", "100", "--lr", "-1", "--copy-paste", "2",
+            "--loss", "dice_focal", "--small-pothole-weight", "3"]
+    out = subprocess.run([sys.executable, "-m", "potholes", *args], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert out.returncode == 2
+    assert "4 problems in the training parameters:" in out.stderr, out.stderr
+    for expected in ("- img_size must be a multiple of 32", "- lr must be > 0, got -1.0",
+                     "- copy_paste must be a share from 0 to 1", "- small_pothole_weight weighs the pixels of loss"):
+        assert expected in out.stderr, out.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_every_bad_tune_range_is_named_at_once():
+    from potholes.tuning.search import TuneConfig
+
+    with pytest.raises(ConfigError) as refused:
+        TuneConfig(n_trials=0, threshold_min=0.9, threshold_max=0.2, min_area_min=50, min_area_max=10).validate()
+    message = str(refused.value)
+    assert message.startswith("3 problems in the tune parameters:")
+    assert "n_trials must be >= 1, got 0" in message and "got 0.9..0.2" in message and "got 50..10" in message
+
 def test_the_words_mlproject_passes_for_unset_overrides_mean_unset():
     from potholes.cli import Maybe
 

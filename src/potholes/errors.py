@@ -19,3 +19,12 @@ class ParamError(UserError, ValueError):
     def __init__(self, name: str, value, expected: str):
         self.name, self.value, self.expected = name, value, expected
         super().__init__(f"param '{name}': got {value!r}, expected {expected}")
+
+
+def raise_all(problems: list[str], what: str) -> None:
+    """Raise one ConfigError holding every problem found in ``what`` (nothing when there are none):
+    the message alone when there is one, else a count and one line each."""
+    if len(problems) == 1:
+        raise ConfigError(problems[0])
+    if problems:
+        raise ConfigError(f"{len(problems)} problems in the {what}:\n" + "\n".join(f"- {p}" for p in problems))

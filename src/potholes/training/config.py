@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from potholes.errors import ConfigError  # noqa: F401  (raised here, caught by the CLI)
+from potholes.errors import ConfigError, raise_all  # noqa: F401  (ConfigError: raised here, caught by the CLI)
 from potholes.inference.networks import ARCHITECTURES, LITE0
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -206,57 +206,61 @@ def _pretrained_timm(encoder: str, encoder_weights: str) -> bool:
 
 
 def validate(config: TrainConfig) -> None:
+    """Every problem of ``config`` at once, in one ConfigError (one line each), so a user fixes
+    a command line in one go."""
+    problems: list[str] = []
     if config.epochs is not None and config.epochs <= 0:
-        raise ConfigError(f"epochs must be a positive integer (or 'preset' for the step budget), got {config.epochs}")
+        problems.append(f"epochs must be a positive integer (or 'preset' for the step budget), got {config.epochs}")
     if config.steps <= 0:
-        raise ConfigError(f"steps must be a positive integer, got {config.steps}")
+        problems.append(f"steps must be a positive integer, got {config.steps}")
     if config.rounds <= 0:
-        raise ConfigError(f"rounds must be a positive integer, got {config.rounds}")
+        problems.append(f"rounds must be a positive integer, got {config.rounds}")
     if not 0 <= config.warmup < 1:
-        raise ConfigError(f"warmup must be a share of the steps in [0, 1), got {config.warmup}")
+        problems.append(f"warmup must be a share of the steps in [0, 1), got {config.warmup}")
     if not 0 <= config.ema < 1:
-        raise ConfigError(f"ema must be a decay in [0, 1) (0 = off), got {config.ema}")
+        problems.append(f"ema must be a decay in [0, 1) (0 = off), got {config.ema}")
     if config.loss not in LOSSES:
-        raise ConfigError(f"loss must be one of {list(LOSSES)}, got '{config.loss}'")
+        problems.append(f"loss must be one of {list(LOSSES)}, got '{config.loss}'")
     if config.precision not in PRECISIONS[1:]:
-        raise ConfigError(f"precision must be one of {list(PRECISIONS)}, got '{config.precision}'")
+        problems.append(f"precision must be one of {list(PRECISIONS)}, got '{config.precision}'")
     if config.batch_size <= 0:
-        raise ConfigError(f"batch_size must be a positive integer, got {config.batch_size}")
+        problems.append(f"batch_size must be a positive integer, got {config.batch_size}")
     if config.img_size < SIZE_MULTIPLE or config.img_size % SIZE_MULTIPLE:
-        raise ConfigError(
+        problems.append(
             f"img_size must be a multiple of {SIZE_MULTIPLE} (>= {SIZE_MULTIPLE}) for UNet++ and DeepLabV3+, "
             f"got {config.img_size}; try {max(SIZE_MULTIPLE, round(config.img_size / SIZE_MULTIPLE) * SIZE_MULTIPLE)}")
     crop_ok = SIZE_MULTIPLE <= config.crop_size <= config.img_size and config.crop_size % SIZE_MULTIPLE == 0
     if config.crop_size and not crop_ok:
-        raise ConfigError(f"crop_size must be a multiple of {SIZE_MULTIPLE} from {SIZE_MULTIPLE} to img_size "
-                          f"({config.img_size}), or 0 for whole images, got {config.crop_size}")
+        problems.append(f"crop_size must be a multiple of {SIZE_MULTIPLE} from {SIZE_MULTIPLE} to img_size "
+                        f"({config.img_size}), or 0 for whole images, got {config.crop_size}")
     if not 0.0 <= config.pothole_crops <= 1.0:
-        raise ConfigError(f"pothole_crops must be a share from 0 to 1 (of the training crops placed on a pothole), "
-                          f"got {config.pothole_crops}")
+        problems.append(f"pothole_crops must be a share from 0 to 1 (of the training crops placed on a pothole), "
+                        f"got {config.pothole_crops}")
     if not 0.0 <= config.copy_paste <= 1.0:
-        raise ConfigError(f"copy_paste must be a share from 0 to 1 (of the training samples given a pasted pothole), "
-                          f"got {config.copy_paste}")
+        problems.append(f"copy_paste must be a share from 0 to 1 (of the training samples given a pasted pothole), "
+                        f"got {config.copy_paste}")
     if config.small_pothole_weight < 0:
-        raise ConfigError(f"small_pothole_weight must be >= 0 (0 = off), got {config.small_pothole_weight}")
+        problems.append(f"small_pothole_weight must be >= 0 (0 = off), got {config.small_pothole_weight}")
     if config.small_pothole_weight and config.loss != "image_dice_focal":
-        raise ConfigError(f"small_pothole_weight weighs the pixels of loss 'image_dice_focal'; loss is '{config.loss}': "
-                          "use loss=image_dice_focal or small_pothole_weight=0")
+        problems.append(f"small_pothole_weight weighs the pixels of loss 'image_dice_focal'; loss is '{config.loss}': "
+                        "use loss=image_dice_focal or small_pothole_weight=0")
     if not config.lr > 0:
-        raise ConfigError(f"lr must be > 0, got {config.lr}")
+        problems.append(f"lr must be > 0, got {config.lr}")
     if config.weight_decay < 0:
-        raise ConfigError(f"weight_decay must be >= 0, got {config.weight_decay}")
+        problems.append(f"weight_decay must be >= 0, got {config.weight_decay}")
     if config.encoder_weights not in ("imagenet", "none"):
-        raise ConfigError(f"encoder_weights must be 'imagenet' or 'none', got '{config.encoder_weights}'")
+        problems.append(f"encoder_weights must be 'imagenet' or 'none', got '{config.encoder_weights}'")
     if config.freeze_stride not in FREEZE_STRIDES:
-        raise ConfigError(f"freeze_stride must be one of {list(FREEZE_STRIDES)} (0 = train every encoder layer), "
-                          f"got {config.freeze_stride}")
+        problems.append(f"freeze_stride must be one of {list(FREEZE_STRIDES)} (0 = train every encoder layer), "
+                        f"got {config.freeze_stride}")
     if config.freeze_stride and not _pretrained_timm(config.encoder, config.encoder_weights):
-        raise ConfigError(f"freeze_stride {config.freeze_stride} keeps pretrained timm ('tu-') encoder layers as they "
-                          f"are; encoder '{config.encoder}' with encoder_weights '{config.encoder_weights}' has none: "
-                          "use freeze_stride=0")
+        problems.append(f"freeze_stride {config.freeze_stride} keeps pretrained timm ('tu-') encoder layers as they "
+                        f"are; encoder '{config.encoder}' with encoder_weights '{config.encoder_weights}' has none: "
+                        "use freeze_stride=0")
     if config.num_workers < 0:
-        raise ConfigError(f"num_workers must be >= 0, got {config.num_workers}")
+        problems.append(f"num_workers must be >= 0, got {config.num_workers}")
     if config.world_size < 1:
-        raise ConfigError(f"world_size must be a positive integer, got {config.world_size}")
+        problems.append(f"world_size must be a positive integer, got {config.world_size}")
     if config.threads < 0:
-        raise ConfigError(f"threads must be a positive integer (or 'auto'), got {config.threads}")
+        problems.append(f"threads must be a positive integer (or 'auto'), got {config.threads}")
+    raise_all(problems, "training parameters")

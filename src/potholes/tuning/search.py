@@ -15,7 +15,7 @@ import optuna
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from potholes.errors import ConfigError
+from potholes.errors import ConfigError, raise_all
 from potholes.inference import postprocess as pp
 from potholes.reporting import size_buckets
 from potholes.tracking import runs as tracking
@@ -41,12 +41,14 @@ class TuneConfig:
     extra_callbacks: tuple[Callable, ...] = field(default=(), compare=False)
 
     def validate(self) -> None:
+        problems = []
         if self.n_trials < 1:
-            raise ConfigError(f"n_trials must be >= 1, got {self.n_trials}")
+            problems.append(f"n_trials must be >= 1, got {self.n_trials}")
         if not 0 < self.threshold_min <= self.threshold_max < 1:
-            raise ConfigError(f"need 0 < threshold_min <= threshold_max < 1, got {self.threshold_min}..{self.threshold_max}")
+            problems.append(f"need 0 < threshold_min <= threshold_max < 1, got {self.threshold_min}..{self.threshold_max}")
         if not 0 <= self.min_area_min <= self.min_area_max:
-            raise ConfigError(f"need 0 <= min_area_min <= min_area_max, got {self.min_area_min}..{self.min_area_max}")
+            problems.append(f"need 0 <= min_area_min <= min_area_max, got {self.min_area_min}..{self.min_area_max}")
+        raise_all(problems, "tune parameters")
 
 
 # ----------------------------------------------------------------------------- choosing runs
