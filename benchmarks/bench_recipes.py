@@ -41,6 +41,7 @@ from common import dataset, parser, report
 
 from potholes.inference.networks import LITE1, LITE2
 from potholes.training import augment
+from potholes.training.config import TrainConfig
 
 SEED_TRANSFORM = augment.train_transform
 
@@ -170,8 +171,8 @@ def main() -> None:
                    choices=sorted(CANDIDATES))
     p.add_argument("--mosaic", default=None, help="ROWSxCOLS: judge on the mosaic copy of the data's training photos")
     p.add_argument("--val-fraction", type=float, default=None, help="validation share (default: the preset's)")
-    p.add_argument("--split-seeds", type=int, nargs="+", default=[42],
-                   help="train/validation splits to repeat every seed on (default: the preset's, 42)")
+    p.add_argument("--split-seeds", type=int, nargs="+", default=[TrainConfig.split_seed],
+                   help=f"train/validation splits to repeat every seed on (default: {TrainConfig.split_seed})")
     args = p.parse_args()
     if args.quick:
         args.preset, args.steps, args.candidates = "smoke", 4, ["base", "geo_strong"]

@@ -44,7 +44,6 @@ def test_a_bad_parameter_names_itself_the_value_and_what_is_expected(tmp_path, a
     assert not (tmp_path / "mlflow.db").exists()  # refused before any run
 
 
-
 def test_every_bad_training_parameter_of_one_command_is_named_at_once(tmp_path):
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     args = ["train", "--model", "deeplab", "--img-size", "100", "--lr", "-1", "--copy-paste", "2",
@@ -66,6 +65,7 @@ def test_every_bad_tune_range_is_named_at_once():
     message = str(refused.value)
     assert message.startswith("3 problems in the tune parameters:")
     assert "n_trials must be >= 1, got 0" in message and "got 0.9..0.2" in message and "got 50..10" in message
+
 
 def test_the_words_mlproject_passes_for_unset_overrides_mean_unset():
     from potholes.cli import Maybe

@@ -23,8 +23,9 @@ class ParamError(UserError, ValueError):
 
 def raise_all(problems: list[str], what: str) -> None:
     """Raise one ConfigError holding every problem found in ``what`` (nothing when there are none):
-    the message alone when there is one, else a count and one line each."""
+    the message alone when there is one, else a count and one line each, listed as DatasetError
+    lists a dataset's problems."""
     if len(problems) == 1:
         raise ConfigError(problems[0])
     if problems:
-        raise ConfigError(f"{len(problems)} problems in the {what}:\n" + "\n".join(f"- {p}" for p in problems))
+        raise ConfigError("\n  - ".join([f"{len(problems)} problems in the {what}:", *problems]))
