@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from potholes.errors import ConfigError
 from potholes.inference import tiling
 from potholes.inference.ensemble import EnsembleConfig, EnsemblePredictor
 
@@ -110,3 +111,9 @@ def test_bad_tile_settings_are_named():
         EnsembleConfig(tile_size=100)
     with pytest.raises(ValueError, match=r"tile_overlap must be an integer from 0 to half of tile_size \(256\), got 300"):
         EnsembleConfig(tile_overlap=300)
+    with pytest.raises(ConfigError) as both:  # both at once, one line each
+        EnsembleConfig(tile_size=100, tile_overlap=-1)
+    assert str(both.value).splitlines() == [
+        "2 problems in the tiling parameters:",
+        "  - tile_size must be a positive multiple of 32, got 100",
+        "  - tile_overlap must be an integer from 0 to half of tile_size, got -1"]

@@ -21,18 +21,21 @@ from collections.abc import Callable
 
 import numpy as np
 
+from potholes.errors import raise_all
 from potholes.inference.geometry import SIZE_MULTIPLE
 
 
 def check(tile_size: int, overlap: int) -> None:
-    """Raises ValueError naming every problem of a (tile_size, tile_overlap) pair."""
+    """Raises one ConfigError naming every problem of a (tile_size, tile_overlap) pair."""
     problems = []
-    if not isinstance(tile_size, int) or tile_size <= 0 or tile_size % SIZE_MULTIPLE:
+    size_ok = isinstance(tile_size, int) and tile_size > 0 and not tile_size % SIZE_MULTIPLE
+    if not size_ok:
         problems.append(f"tile_size must be a positive multiple of {SIZE_MULTIPLE}, got {tile_size!r}")
-    elif not isinstance(overlap, int) or not 0 <= overlap <= tile_size // 2:
-        problems.append(f"tile_overlap must be an integer from 0 to half of tile_size ({tile_size // 2}), got {overlap!r}")
-    if problems:
-        raise ValueError("; ".join(problems))
+    most = tile_size // 2 if size_ok else None  # half of a valid tile_size; unknown otherwise
+    if not isinstance(overlap, int) or overlap < 0 or (most is not None and overlap > most):
+        bound = f"half of tile_size ({most})" if most is not None else "half of tile_size"
+        problems.append(f"tile_overlap must be an integer from 0 to {bound}, got {overlap!r}")
+    raise_all(problems, "tiling parameters")
 
 
 def windows(length: int, tile_size: int, overlap: int) -> tuple[int, list[int]]:
