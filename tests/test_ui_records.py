@@ -106,9 +106,8 @@ def test_each_train_run_logs_a_member_model_that_loads_and_predicts_like_its_che
 
 def fake_train_run(model: str, dice: float, digest_frame: pd.DataFrame, finished: bool = True) -> str:
     """A train run with a LoggedModel whose best_val_dice is linked to ``digest_frame``'s dataset."""
-    dataset = tracking.manifest_dataset(digest_frame, "data")
     with tracking.stage_run("train", run_name=f"train-{model}", tags={"model": model}) as run:
-        tracking.log_manifest(digest_frame, "data", context="training")
+        dataset = tracking.log_manifest(digest_frame, "data", context="training")
         model_id = mlflow.initialize_logged_model(name=model, params={"arch": model},
                                                   tags={"potholes.stage": "train"}).model_id
         tracking.log_metrics({"best_val_dice": dice}, step=8, model_id=model_id, dataset=dataset)

@@ -68,7 +68,7 @@ def test_every_bad_tune_range_is_named_at_once():
 
 
 def test_the_words_mlproject_passes_for_unset_overrides_mean_unset():
-    from potholes.cli import Maybe
+    from potholes.cli_options import Maybe
 
     assert Maybe(int, "preset").convert("preset", None, None) is None
     assert Maybe(int, "preset").convert("", None, None) is None

@@ -63,7 +63,7 @@ def run_prepare(data_dir: str, split: SplitConfig = SplitConfig(), progress: boo
     with tracking.stage_run("prepare", run_name="prepare"):
         tracking.log_params({"data_dir": data_dir, "dataset_root": str(prepared.layout.root),
                            "val_fraction": split.val_fraction, "seed": split.seed})
-        digest = tracking.log_manifest(prepared.manifest, prepared.layout.root, context="prepare", key=key)
+        digest = tracking.log_manifest(prepared.manifest, prepared.layout.root, context="prepare", key=key).digest
         summary["dataset_digest"] = digest
         mlflow.log_metrics(analysis.flatten_metrics(summary))
         mlflow.set_tag("feasibility", summary["feasibility"])

@@ -170,12 +170,12 @@ def run_train(config: TrainConfig, data_dir: str, progress: bool = True) -> dict
                 mlflow.set_tag("potholes.manifest_from_run", data.manifest_run)
             mlflow.log_params({f"config.plan.{k}": v for k, v in plan.as_params().items()})
             mlflow.log_metric("parameter_count", sum(p.numel() for p in state.model.parameters()))
-        digest = tracking.log_manifest(manifest, root, context="training", key=data.key)
+        dataset = tracking.log_manifest(manifest, root, context="training", key=data.key)
         val_rows = manifest[manifest["split"] == "val"].reset_index(drop=True)
         shown = previews.choose(val_rows)
         preview = ([previews.key("val", val_rows.loc[i, "image_path"]) for i in shown], val_images[shown],
                    val_masks[shown], device)
-        on_round_end = _log_round(config, model_id, logged_steps, tracking.manifest_dataset(manifest, root), preview)
+        on_round_end = _log_round(config, model_id, logged_steps, dataset, preview)
         if not config.resume:  # step 0, where the image grid opens: the network before its first step
             on_round_end.show(state, 0)
         with cpu_affinity.pinned(config.threads) as bound:  # a busy neighbour then costs its share of the CPU
@@ -186,4 +186,4 @@ def run_train(config: TrainConfig, data_dir: str, progress: bool = True) -> dict
         mlflow.finalize_logged_model(model_id, "READY")
         print(f"{config.model}: best val_dice {state.best_dice:.4f} at step {state.best_step}", flush=True)
         return {"run_id": run.info.run_id, "best_val_dice": state.best_dice, "best_step": state.best_step,
-                "dataset_digest": digest, "model_id": model_id}
+                "dataset_digest": dataset.digest, "model_id": model_id}

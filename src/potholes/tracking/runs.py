@@ -172,9 +172,9 @@ def log_input(dataset, context: str, model_id: str | None = None) -> None:
         mlflow.log_input(dataset, context=context, model=LoggedModelInput(model_id) if model_id else None)
 
 
-def log_manifest(manifest: pd.DataFrame, source: str | Path, context: str, key: str | None = None) -> str:
+def log_manifest(manifest: pd.DataFrame, source: str | Path, context: str, key: str | None = None):
     """Log the manifest CSV artifact and dataset input (tagged with its files-and-split ``key``,
-    so later stages can use it); return the dataset digest."""
+    so later stages can use it); return the MLflow dataset (its ``digest`` names the data)."""
     dataset = manifest_dataset(manifest, source)
     log_input(dataset, context)
     with tempfile.TemporaryDirectory() as tmp:
@@ -184,7 +184,7 @@ def log_manifest(manifest: pd.DataFrame, source: str | Path, context: str, key: 
     mlflow.set_tag("potholes.dataset_digest", dataset.digest)
     if key:
         mlflow.set_tag(PREPARED_TAG, key)
-    return dataset.digest
+    return dataset
 
 
 def run_dataset_digest(run_id: str) -> str | None:
