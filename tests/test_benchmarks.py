@@ -19,7 +19,9 @@ SCRIPTS = {
     "bench_quality.py": ("quality", lambda r: 0 <= r["rows"][0]["test_dice"] <= 1 and r["rows"][0]["dataset"] == "synthetic"
                          and r["datasets"]["synthetic"]["test_dice_mean"] == r["rows"][0]["test_dice"]),
     "bench_recipes.py": ("recipes", lambda r: [row["candidate"] for row in r["rows"]] == ["base", "geo_strong"]
-                         and all(len(row["val_dice"]) == 2 and row["val_dice_spread"] >= 0 for row in r["rows"])),
+                         and all(len(row["val_dice"]) == 2 and row["val_dice_spread"] >= 0 for row in r["rows"])
+                         and r["rows"][1]["vs_base_pairs"] == [g - b for g, b in zip(r["rows"][1]["val_dice"],
+                                                                                    r["rows"][0]["val_dice"])]),
     "bench_precision.py": ("precision", lambda r: [row["model"] for row in r["rows"]] == ["unetpp", "deeplab"]
                            and all(row[f"{p}_freeze{f}_s_per_step"] > 0 for row in r["rows"]
                                    for p in ("fp32", "bf16") for f in (0, 8))),
