@@ -205,8 +205,8 @@ def main() -> None:
                    "best_steps": [r["best_step"] for r in runs],
                    "minutes_per_run": statistics.mean(r["minutes"] for r in runs)}
             rows.append(row)
-            within = f"; seeds within a split {row['val_dice_seed_spread']:.4f}" \
-                if len(per_split) > 1 and len(args.seeds) > 1 else ""
+            several = len(args.split_seeds) > 1 and len(args.seeds) > 1  # else one of the spreads is the other or 0
+            within = f"; seeds within a split {row['val_dice_seed_spread']:.4f}" if several else ""
             print(f"{name:>8}: val Dice {row['val_dice_mean']:.4f} (spread over all runs {row['val_dice_spread']:.4f}"
                   f"{within}; {', '.join(f'{d:.4f}' for d in dice)}), {row['minutes_per_run']:.1f} min a run",
                   flush=True)
